@@ -1,0 +1,50 @@
+"""Shared fixtures: an isolated home folder for every test session, one local Ray instance."""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_home() -> Iterator[Path]:
+    """Point APCNET_HOME and MLflow at a throwaway folder so tests never touch ~/.cache."""
+    home = Path(tempfile.mkdtemp(prefix="apcnet-home-"))
+    saved = {key: os.environ.get(key) for key in ("APCNET_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["APCNET_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield home
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray instance shared by every test that needs Ray.
+
+    Ray gets a short temporary folder of its own: its socket paths must stay under 107 bytes,
+    which pytest's tmp_path exceeds. Only the instance started here is shut down.
+    """
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=1_000_000_000,
+        _temp_dir=temp_dir,
+        configure_logging=False,
+        log_to_driver=False,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
