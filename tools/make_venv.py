@@ -41,7 +41,7 @@ def build(python: str, venv: Path) -> None:
     # PYTHONDONTWRITEBYTECODE is set on these machines: without compiled bytecode every Ray
     # worker re-parses torch/ray/mlflow at start-up (measured 2x slower runs).
     site_packages = next((venv / "lib").glob("python3*/site-packages"))
-    compileall.compile_dir(site_packages, quiet=1, workers=os.cpu_count() or 1)
+    compileall.compile_dir(site_packages, quiet=2, workers=os.cpu_count() or 1)
     (venv / ".complete").write_text("ok\n")
 
 
@@ -66,8 +66,17 @@ def main() -> None:
         shutil.rmtree(link)
     link.symlink_to(venv, target_is_directory=True)
     subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps",
-         "--no-build-isolation", "-e", str(ROOT)],
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-e",
+            str(ROOT),
+        ],
         check=True,
     )
 
