@@ -1,0 +1,302 @@
+"""MLflow tracking against real stores: a SQLite file under tmp_path, and one test via a server."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+from matplotlib.figure import Figure
+
+from pipeline.tracking import (
+    ParamConflictError,
+    RunTracker,
+    child_runs,
+    find_run,
+    git_commit,
+    resolve_tracking,
+    sanitize_key,
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def open_run(store: str, name: str = "r50-voc", **kwargs) -> RunTracker:
+    return RunTracker.open(name, tracking_uri=store, experiment="tests", **kwargs)
+
+
+def metric_steps(store: str, run_id: str, key: str) -> list[int]:
+    history = mlflow.MlflowClient(tracking_uri=store).get_metric_history(run_id, key)
+    return sorted(metric.step for metric in history)
+
+
+def downloaded_text(store: str, run_id: str, artifact: str, folder: Path) -> str:
+    path = mlflow.MlflowClient(tracking_uri=store).download_artifacts(run_id, artifact, str(folder))
+    return Path(path).read_text()
+
+
+def test_open_creates_a_run_that_find_run_finds_by_name(store):
+    tracker = open_run(store)
+    found = find_run("r50-voc", tracking_uri=store, experiment="tests")
+    assert not tracker.resumed
+    assert found is not None and found.info.run_id == tracker.run_id
+    assert found.info.run_name == "r50-voc"
+
+
+def test_find_run_returns_none_for_an_unknown_name_or_experiment(store):
+    open_run(store)
+    assert find_run("other", tracking_uri=store, experiment="tests") is None
+    assert find_run("r50-voc", tracking_uri=store, experiment="missing") is None
+
+
+def test_reopening_by_name_resumes_the_same_run_as_running(store):
+    first = open_run(store)
+    first.set_terminated("FAILED")
+    second = open_run(store)
+    run = mlflow.MlflowClient(tracking_uri=store).get_run(second.run_id)
+    assert second.resumed
+    assert second.run_id == first.run_id
+    assert run.info.status == "RUNNING"
+
+
+def test_metrics_of_a_replayed_epoch_are_logged_once(store):
+    first = open_run(store)
+    first.log_metrics({"train_loss": 1.0}, step=1)
+    first.log_metrics({"train_loss": 0.9}, step=2)
+    second = open_run(store)
+    assert second.log_metrics({"train_loss": 0.8}, step=2) == 0
+    second.log_metrics({"train_loss": 0.7}, step=3)
+    assert metric_steps(store, first.run_id, "train_loss") == [1, 2, 3]
+
+
+def test_a_step_logged_twice_in_one_session_is_skipped_per_key(store):
+    tracker = open_run(store)
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    logged = tracker.log_metrics({"loss": 2.0, "miou": 0.5}, step=1)
+    assert logged == 1
+    assert metric_steps(store, tracker.run_id, "loss") == [1]
+    assert metric_steps(store, tracker.run_id, "miou") == [1]
+
+
+def test_metric_names_keep_slashes_and_lose_characters_mlflow_refuses(store):
+    tracker = open_run(store)
+    tracker.log_metrics({"val_iou/building, edifice": 0.25}, step=0)
+    run = mlflow.MlflowClient(tracking_uri=store).get_run(tracker.run_id)
+    assert run.data.metrics == {"val_iou/building_ edifice": 0.25}
+
+
+def test_sanitize_key_produces_normalised_paths():
+    assert sanitize_key("val_iou//sky") == "val_iou/sky"
+    assert sanitize_key("/a/b/") == "a/b"
+    assert sanitize_key("x/../y") == "x/y"
+    assert sanitize_key("lr (poly)") == "lr _poly_"
+
+
+def test_params_already_logged_with_the_same_value_are_accepted_on_resume(store):
+    open_run(store).log_params({"lr": 0.01, "crop": 512})
+    resumed = open_run(store)
+    resumed.log_params({"lr": 0.01, "crop": 512, "epochs": 80})
+    run = mlflow.MlflowClient(tracking_uri=store).get_run(resumed.run_id)
+    assert run.data.params == {"lr": "0.01", "crop": "512", "epochs": "80"}
+
+
+def test_a_changed_param_on_resume_raises_naming_key_old_and_new_value(store):
+    open_run(store).log_params({"lr": 0.01})
+    with pytest.raises(ParamConflictError, match=r"lr: logged '0\.01', now '0\.02'"):
+        open_run(store).log_params({"lr": 0.02, "epochs": 80})
+    run = find_run("r50-voc", tracking_uri=store, experiment="tests")
+    assert "epochs" not in run.data.params  # nothing is logged when a conflict is raised
+
+
+def test_a_changed_param_can_be_ignored_keeping_the_logged_value(store):
+    open_run(store).log_params({"lr": 0.01})
+    open_run(store).log_params({"lr": 0.02, "epochs": 80}, on_conflict="ignore")
+    run = find_run("r50-voc", tracking_uri=store, experiment="tests")
+    assert run.data.params == {"lr": "0.01", "epochs": "80"}
+
+
+def test_a_run_opened_with_a_parent_is_nested_and_listed_as_its_child(store):
+    parent = open_run(store, "tune-sweep")
+    children = [open_run(store, f"trial-{i}", parent_run_id=parent.run_id) for i in range(2)]
+    open_run(store, "unrelated")
+    found = child_runs(parent.run_id, tracking_uri=store)
+    assert [run.info.run_id for run in found] == [child.run_id for child in children]
+    assert found[0].data.tags["mlflow.parentRunId"] == parent.run_id
+
+
+def test_open_sets_tags_description_and_git_commit(store, monkeypatch):
+    monkeypatch.setenv("APCNET_GIT_COMMIT", "abc123")
+    tracker = open_run(store, tags={"dataset": "voc"}, description="R50 baseline")
+    tags = mlflow.MlflowClient(tracking_uri=store).get_run(tracker.run_id).data.tags
+    assert tags["dataset"] == "voc"
+    assert tags["mlflow.note.content"] == "R50 baseline"
+    assert tags["mlflow.source.git.commit"] == "abc123"
+    assert tags["apcnet.run_name"] == "r50-voc"
+
+
+def test_artifacts_of_every_kind_land_in_the_run(store, tmp_path):
+    tracker = open_run(store)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text("model: {backbone: resnet50}\n")
+    tracker.log_artifact(config_file, "config")
+    tracker.log_text("hello", "notes/hello.txt")
+    tracker.log_dict({"miou": 0.5}, "metrics.json")
+    figure = Figure()
+    figure.add_subplot().plot([0, 1], [1, 0])
+    tracker.log_figure(figure, "curves/loss.png")
+    listed = mlflow.MlflowClient(tracking_uri=store).list_artifacts(tracker.run_id, "curves")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert downloaded_text(store, tracker.run_id, "config/config.yaml", out).startswith("model")
+    assert downloaded_text(store, tracker.run_id, "notes/hello.txt", out) == "hello"
+    assert json.loads(downloaded_text(store, tracker.run_id, "metrics.json", out)) == {"miou": 0.5}
+    assert [item.path for item in listed] == ["curves/loss.png"]
+
+
+def test_artifacts_of_a_sqlite_store_live_beside_the_database(store, tmp_path):
+    tracker = open_run(store)
+    tracker.log_text("x", "x.txt")
+    assert (tmp_path / "mlartifacts" / "tests").is_dir()
+    assert list((tmp_path / "mlartifacts" / "tests").rglob("x.txt"))
+
+
+def test_log_table_writes_csv_and_markdown(store, tmp_path):
+    tracker = open_run(store)
+    rows = [["background", 0.91234], ["aeroplane", float("nan")]]
+    tracker.log_table(rows, ["class", "iou"], "iou.csv")
+    tracker.log_table(rows, ["class", "iou"], "iou.md")
+    out = tmp_path / "out"
+    out.mkdir()
+    csv_text = downloaded_text(store, tracker.run_id, "iou.csv", out)
+    markdown = downloaded_text(store, tracker.run_id, "iou.md", out)
+    assert csv_text.splitlines() == ["class,iou", "background,0.91234", "aeroplane,nan"]
+    assert markdown.splitlines() == [
+        "| class | iou |",
+        "| --- | --- |",
+        "| background | 0.9123 |",
+        "| aeroplane | nan |",
+    ]
+
+
+def test_log_table_rejects_rows_of_the_wrong_width(store):
+    with pytest.raises(ValueError, match="row 0 has 1 cells but there are 2 columns"):
+        open_run(store).log_table([["sky"]], ["class", "iou"], "iou.csv")
+
+
+def test_context_manager_ends_the_run_failed_when_the_block_raises(store):
+    with pytest.raises(RuntimeError), open_run(store) as tracker:
+        raise RuntimeError("boom")
+    run = mlflow.MlflowClient(tracking_uri=store).get_run(tracker.run_id)
+    assert run.info.status == "FAILED"
+
+
+def test_run_names_with_quotes_are_refused(store):
+    with pytest.raises(ValueError, match="contains a quote"):
+        open_run(store, "it's")
+
+
+def test_resolve_tracking_prefers_explicit_values_over_environment(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from-env")
+    assert resolve_tracking("http://tracker:80", "mine") == ("http://tracker:80", "mine")
+    assert resolve_tracking(None, None) == ("http://127.0.0.1:5000", "from-env")
+
+
+def test_resolve_tracking_defaults_to_sqlite_in_the_home_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("APCNET_HOME", str(tmp_path))
+    assert resolve_tracking(None, None) == (f"sqlite:///{tmp_path / 'mlflow.db'}", "apcnet")
+
+
+def test_resolve_tracking_makes_a_relative_sqlite_path_absolute(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    uri, _ = resolve_tracking("sqlite:///runs/mlflow.db", None)
+    assert uri == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+
+
+def test_git_commit_prefers_the_environment_variable(monkeypatch):
+    monkeypatch.setenv("APCNET_GIT_COMMIT", "0123abcd")
+    assert git_commit() == "0123abcd"
+
+
+def test_git_commit_reads_the_repository_head(monkeypatch):
+    monkeypatch.delenv("APCNET_GIT_COMMIT", raising=False)
+    root = Path(__file__).resolve().parent.parent
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert git_commit(root) == head
+
+
+def test_git_commit_is_unknown_outside_a_repository(monkeypatch, tmp_path):
+    monkeypatch.delenv("APCNET_GIT_COMMIT", raising=False)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert git_commit(tmp_path) == "unknown"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_serving(url: str, server: subprocess.Popen, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"mlflow server exited early with code {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(1.0)
+    raise TimeoutError(f"mlflow server at {url} not ready after {timeout_s} s")
+
+
+@pytest.mark.slow
+def test_runs_resume_through_a_tracking_server(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"},
+    )
+    try:
+        wait_until_serving(url, server)
+        first = RunTracker.open("served", tracking_uri=url, experiment="tests")
+        first.log_metrics({"loss": 1.0}, step=1)
+        first.log_text("served", "note.txt")
+        second = RunTracker.open("served", tracking_uri=url, experiment="tests")
+        second.log_metrics({"loss": 0.5}, step=1)
+        second.log_metrics({"loss": 0.4}, step=2)
+        assert second.run_id == first.run_id
+        assert metric_steps(url, first.run_id, "loss") == [1, 2]
+        assert list((tmp_path / "artifacts").rglob("note.txt"))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
