@@ -83,15 +83,24 @@ class DataSection:
 
 @dataclass(frozen=True)
 class ModelSection:
-    """APCNet architecture. `backbone` is a name `apcnet.checkpoint.build_model` accepts."""
+    """APCNet architecture, as `apcnet.APCNet` takes it.
 
-    backbone: str = "resnet50"
+    backbone: "resnet50_v1c", "resnet101_v1c" (reference layout), "resnet50", "resnet101"
+        (torchvision layout) or "resnet18" (small, for CPU demos).
+    channels: head width for a 2048-channel backbone; scaled down with narrower backbones.
+    gla: global-guided local affinity on (the paper's GLA ablation turns it off).
+    aux_loss_weight: deep-supervision weight; 0 drops the auxiliary head.
+    pretrained_backbone: a local torchvision-layout state dict for the backbone, or None.
+    """
+
+    backbone: str = "resnet50_v1c"
     pool_scales: tuple[int, ...] = (1, 2, 3, 6)
     channels: int = 512
-    use_global_guidance: bool = True
+    gla: bool = True
     fusion: bool = True
     aux_loss_weight: float = 0.4
     dropout: float = 0.1
+    output_stride: int = 8
     pretrained_backbone: str | None = None
 
 
@@ -170,7 +179,6 @@ class TrackingSection:
     enabled: bool = True
     tracking_uri: str | None = None
     experiment_name: str | None = None
-    artifact_location: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,14 +189,11 @@ class TestingSection:
     kill_after_metrics_logged: the kill happens after the epoch's metrics reached MLflow and
         before its checkpoint is reported, instead of in the middle of the epoch.
     nan_at_iteration: the loss becomes NaN at this global iteration (1-based).
-    stop_driver_after_epoch: the driver process exits abruptly once this epoch's checkpoint is
-        saved, to test resubmitting the same run name.
     """
 
     kill_at_epoch: int | None = None
     kill_after_metrics_logged: bool = False
     nan_at_iteration: int | None = None
-    stop_driver_after_epoch: int | None = None
 
 
 @dataclass(frozen=True)
