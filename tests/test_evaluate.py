@@ -1,0 +1,256 @@
+"""Batch evaluation: exact distributed counts, the MLflow evaluation run, reference checkpoints,
+and refusing bad input before anything is logged."""
+
+import io
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from apcnet import APCNet
+from apcnet.checkpoint import save_checkpoint
+from apcnet.mmseg import apcnet_key_to_reference
+from pipeline.evaluate import (
+    EvaluationRequest,
+    evaluate,
+    load_evaluation_model,
+    read_split_samples,
+)
+from pipeline.evaluate_counts import evaluate_locally, image_counts
+from pipeline.inference_model import InferenceError
+from pipeline.shards import (
+    FORMAT_VERSION,
+    DatasetError,
+    Manifest,
+    ShardRow,
+    ShardWriter,
+    write_manifest,
+)
+from pipeline.testtime import TestTimeOptions
+from pipeline.tracking import RunTracker
+
+CLASS_NAMES = ("background", "road", "tree")
+PALETTE = ((0, 0, 0), (128, 64, 128), (0, 128, 0))
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
+# Five images (odd), four sizes, two shards of at most two rows plus one of one row.
+SIZES = ((24, 32), (40, 28), (24, 32), (33, 45), (17, 21))
+TRAINING_RUN = "tiny-training-run"
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_tiny_dataset(root: Path, sizes=SIZES, class_names=CLASS_NAMES) -> Path:
+    """A prepared data set with a `val` split of random images and masks (some pixels 255)."""
+    rng = np.random.default_rng(0)
+    with ShardWriter(root, "val", max_rows=2) as writer:
+        for index, (height, width) in enumerate(sizes):
+            image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            mask = rng.integers(0, len(class_names), (height, width), dtype=np.uint8)
+            mask[rng.random((height, width)) < 0.1] = 255
+            writer.write(ShardRow(f"img{index}", png_bytes(image), png_bytes(mask), height, width))
+        split = writer.close()
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        dataset="tiny",
+        class_names=tuple(class_names),
+        palette=PALETTE[: len(class_names)],
+        ignore_index=255,
+        splits={"val": split},
+        converter={"name": "test"},
+    )
+    write_manifest(root, manifest)
+    return root
+
+
+def tiny_model(num_classes: int = 3, seed: int = 0) -> APCNet:
+    torch.manual_seed(seed)
+    return APCNet(num_classes, backbone="resnet18", channels=16).eval()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, data_dir) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(
+        path,
+        tiny_model(),
+        class_names=CLASS_NAMES,
+        palette=PALETTE,
+        mean=MEAN,
+        std=STD,
+        extra={"manifest": str(data_dir), "run_name": TRAINING_RUN},
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def training_run_id(tracking_uri) -> str:
+    with RunTracker.open(TRAINING_RUN, tracking_uri=tracking_uri, experiment="eval-tests") as run:
+        return run.run_id
+
+
+@pytest.fixture(scope="module")
+def report(ray_session, checkpoint, tracking_uri, training_run_id):
+    """One distributed evaluation over two actors at half a CPU each, tracked in MLflow."""
+    return evaluate(
+        EvaluationRequest(
+            checkpoint=str(checkpoint),
+            actors=2,
+            cpus_per_actor=0.5,
+            tracking_uri=tracking_uri,
+            experiment="eval-tests",
+            num_samples=2,
+        )
+    )
+
+
+def runs_in(tracking_uri: str) -> list:
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+def test_image_counts_follow_the_definition_of_intersection_union_and_confusion():
+    prediction = np.array([[0, 1], [1, 2]])
+    target = np.array([[0, 1], [2, 255]])
+    counts, confusion = image_counts(prediction, target, 3, 255)
+    assert counts.tolist() == [[1, 1, 0], [1, 2, 1], [1, 1, 1]]
+    assert confusion.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 0]]
+
+
+def test_distributed_counts_equal_the_single_process_loop_count_for_count(report, checkpoint):
+    inference, manifest = load_evaluation_model(EvaluationRequest(checkpoint=str(checkpoint)))
+    samples = list(read_split_samples(manifest, "val", inference.mean, inference.std))
+    local = evaluate_locally(inference.model, samples, TestTimeOptions(), 3)
+    assert report.counts.num_images == len(SIZES)
+    assert report.counts.per_image.keys() == local.per_image.keys()
+    for image_id, counts in local.per_image.items():
+        np.testing.assert_array_equal(report.counts.per_image[image_id], counts)
+    np.testing.assert_array_equal(report.counts.intersection_union, local.intersection_union)
+    np.testing.assert_array_equal(report.counts.confusion, local.confusion)
+
+
+def test_every_labelled_pixel_of_the_split_is_counted_once(report, checkpoint):
+    inference, manifest = load_evaluation_model(EvaluationRequest(checkpoint=str(checkpoint)))
+    samples = read_split_samples(manifest, "val", inference.mean, inference.std)
+    labelled = sum(int((sample.mask != 255).sum()) for sample in samples)
+    assert report.counts.labelled_pixels == labelled
+    assert int(report.counts.confusion.sum()) == labelled
+
+
+def test_evaluation_run_holds_split_prefixed_metrics_and_links_to_its_training_run(
+    report, tracking_uri, training_run_id
+):
+    run = mlflow.MlflowClient(tracking_uri).get_run(report.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["val_miou"] == pytest.approx(report.scores.miou)
+    assert run.data.metrics["val_pixel_accuracy"] == pytest.approx(report.scores.pixel_accuracy)
+    assert {f"val_iou/{name}" for name in CLASS_NAMES} <= run.data.metrics.keys()
+    assert run.data.tags["apcnet.training_run_id"] == training_run_id
+    assert run.data.tags["apcnet.training_run_name"] == TRAINING_RUN
+    assert run.data.params["test_mode"] == "whole"
+
+
+def test_evaluation_run_holds_the_table_confusion_matrix_and_sample_grid(report, tracking_uri):
+    client = mlflow.MlflowClient(tracking_uri)
+    names = {artifact.path for artifact in client.list_artifacts(report.mlflow_run_id)}
+    expected = {
+        "val_per_class_iou.csv",
+        "val_per_class_iou.txt",
+        "val_confusion.json",
+        "val_confusion.png",
+        "val_samples.png",
+    }
+    assert expected <= names
+    table = Path(client.download_artifacts(report.mlflow_run_id, "val_per_class_iou.csv"))
+    assert all(name in table.read_text() for name in CLASS_NAMES)
+    grid = Image.open(client.download_artifacts(report.mlflow_run_id, "val_samples.png"))
+    assert grid.height > 2 * 160  # two sample rows
+
+
+def test_printed_table_names_every_class_and_the_miou(report):
+    assert all(name in report.table for name in CLASS_NAMES)
+    assert f"mIoU {100 * report.scores.miou:.2f}" in report.table
+
+
+def test_reference_toolbox_checkpoint_evaluates_with_the_manifest_classes(
+    ray_session, tmp_path, data_dir
+):
+    torch.manual_seed(0)
+    model = APCNet(3, backbone="resnet50_v1c", channels=16).eval()
+    reference = {apcnet_key_to_reference(key): value for key, value in model.state_dict().items()}
+    path = tmp_path / "apcnet_r50.pth"
+    torch.save({"meta": {"CLASSES": CLASS_NAMES}, "state_dict": reference}, path)
+    result = evaluate(
+        EvaluationRequest(mmseg_checkpoint=str(path), data=str(data_dir), actors=1, track=False)
+    )
+    assert result.class_names == CLASS_NAMES
+    assert result.counts.num_images == len(SIZES)
+    assert 0.0 <= result.scores.pixel_accuracy <= 1.0
+
+
+def test_reference_toolbox_checkpoint_requires_a_data_set(tmp_path):
+    with pytest.raises(InferenceError, match="--data"):
+        load_evaluation_model(EvaluationRequest(mmseg_checkpoint=str(tmp_path / "x.pth")))
+
+
+def test_checkpoint_with_another_number_of_classes_is_refused_before_any_run(tmp_path, data_dir):
+    path = tmp_path / "five.pt"
+    names = [f"c{index}" for index in range(5)]
+    palette = [(index, index, index) for index in range(5)]
+    save_checkpoint(path, tiny_model(5), class_names=names, palette=palette, mean=MEAN, std=STD)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    request = EvaluationRequest(checkpoint=str(path), data=str(data_dir), tracking_uri=uri)
+    with pytest.raises(InferenceError, match="predicts 5 classes"):
+        evaluate(request)
+    assert not (tmp_path / "mlflow.db").exists() or runs_in(uri) == []
+
+
+def test_checkpoint_with_other_class_names_is_refused(tmp_path, data_dir):
+    path = tmp_path / "renamed.pt"
+    save_checkpoint(
+        path, tiny_model(), class_names=("a", "b", "c"), palette=PALETTE, mean=MEAN, std=STD
+    )
+    with pytest.raises(InferenceError, match="class names"):
+        load_evaluation_model(EvaluationRequest(checkpoint=str(path), data=str(data_dir)))
+
+
+def test_missing_split_is_refused_with_the_available_splits(checkpoint):
+    with pytest.raises(DatasetError, match=r"no split 'test'.*available: val"):
+        load_evaluation_model(EvaluationRequest(checkpoint=str(checkpoint), split="test"))
+
+
+def test_unreadable_checkpoint_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(InferenceError, match=r"cannot read checkpoint .*broken.pt"):
+        load_evaluation_model(EvaluationRequest(checkpoint=str(path)))
+
+
+def test_ray_checkpoint_folder_is_accepted_in_place_of_the_file(tmp_path, checkpoint):
+    folder = tmp_path / "checkpoint_000003"
+    folder.mkdir()
+    (folder / "checkpoint.pt").write_bytes(checkpoint.read_bytes())
+    inference, _ = load_evaluation_model(EvaluationRequest(checkpoint=str(folder)))
+    assert inference.class_names == CLASS_NAMES
+
+
+def test_sliding_window_without_a_crop_is_an_option_error():
+    with pytest.raises(ValueError, match="--crop"):
+        TestTimeOptions(mode="slide")
