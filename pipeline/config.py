@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.transforms import AugmentationConfig
 from pipeline.typed_config import (
     ConfigError,
     apply_override,
@@ -35,25 +36,6 @@ __all__ = [
     "load_config",
     "validate_config",
 ]
-
-try:  # The data engineer's augmentation settings are the single source of truth once present.
-    from pipeline.transforms import AugmentationConfig
-except ImportError:  # pragma: no cover - only while pipeline/transforms.py has not landed yet
-
-    @dataclass(frozen=True)
-    class AugmentationConfig:  # type: ignore[no-redef]
-        """Placeholder with the same fields as `pipeline.transforms.AugmentationConfig`."""
-
-        crop_size: tuple[int, int] = (512, 512)
-        scale_range: tuple[float, float] = (0.5, 2.0)
-        base_scale: tuple[int, int] | None = None
-        cat_max_ratio: float = 0.75
-        crop_retries: int = 10
-        flip_prob: float = 0.5
-        photometric: bool = True
-        mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
-        std: tuple[float, float, float] = (58.395, 57.12, 57.375)
-        ignore_index: int = 255
 
 
 @dataclass(frozen=True)
