@@ -113,9 +113,16 @@ def from_mmseg(checkpoint: str | Path | Mapping[str, Any]) -> APCNet:
     Raises ValueError listing missing and unexpected keys when the layout does not match.
     """
     source = repr(str(checkpoint)) if isinstance(checkpoint, str | Path) else "(in memory)"
+    in_memory = not isinstance(checkpoint, str | Path)
     state_dict = _read_state_dict(checkpoint, source)
-    model = APCNet(**infer_arguments(state_dict, source))
-    mapped = {reference_key_to_apcnet(key): value for key, value in state_dict.items()}
+    # Built on the meta device: random initialisation would be overwritten anyway.
+    with torch.device("meta"):
+        model = APCNet(**infer_arguments(state_dict, source))
+    mapped = {
+        # Clone caller-owned tensors so the model does not share storage with them.
+        reference_key_to_apcnet(key): value.clone() if in_memory else value
+        for key, value in state_dict.items()
+    }
     expected = set(model.state_dict())
     missing = sorted(apcnet_key_to_reference(key) for key in expected - set(mapped))
     unexpected = sorted(apcnet_key_to_reference(key) for key in set(mapped) - expected)
@@ -124,5 +131,5 @@ def from_mmseg(checkpoint: str | Path | Mapping[str, Any]) -> APCNet:
             f"reference checkpoint {source} does not match the APCNet layout it implies "
             f"({model.arguments}): missing keys {missing}, unexpected keys {unexpected}"
         )
-    model.load_state_dict(mapped)
+    model.load_state_dict(mapped, assign=True)
     return model.eval()
