@@ -1,0 +1,268 @@
+"""The embedded default data set: synthetic outdoor scenes where context decides the label.
+
+Every image has a sky band above a horizon and one of three grounds, each a textured "stuff"
+class: water (harbour scene), road (street scene) or grass (park scene). Objects stand on the
+ground at many scales (from about 1/16 to 1/2 of the image width) and occlude each other:
+
+| shape drawn                     | harbour | street | park |
+| ------------------------------- | ------- | ------ | ---- |
+| grey ellipse with a dark cabin  | boat    | car    |  -   |
+| coloured disc with white stripe | buoy    |   -    | ball |
+
+A boat and a car are drawn by the same code from the same colour distribution, as are a buoy
+and a ball: the inside of a large ellipse looks the same in both scenes, and only the scene
+around it (water or road, possibly far away) tells which class it is. That is what the
+paper's global-guided context should capture and a purely local classifier cannot.
+
+Generation is deterministic for (seed, split, index): same arguments, same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from pipeline.datasets.common import IGNORE_INDEX
+from pipeline.datasets.validation import encode_mask_png
+from pipeline.shards import (
+    DEFAULT_MAX_ROWS,
+    FORMAT_VERSION,
+    Manifest,
+    ShardRow,
+    ShardWriter,
+    prepare_output,
+    write_manifest,
+)
+
+GENERATOR_VERSION = 1  # bump when the scenes change, so old shards are not mistaken for new
+SYNTHETIC_CLASS_NAMES = ("sky", "water", "road", "grass", "boat", "car", "buoy", "ball")
+SKY, WATER, ROAD, GRASS, BOAT, CAR, BUOY, BALL = range(8)
+SYNTHETIC_PALETTE = (
+    (135, 190, 240),
+    (20, 60, 160),
+    (90, 90, 90),
+    (40, 150, 40),
+    (250, 250, 120),
+    (220, 40, 40),
+    (250, 140, 0),
+    (200, 0, 200),
+)
+SCENES = ("harbour", "street", "park")
+# scene -> (ground class, ellipse class or None, disc class or None)
+_SCENE_CLASSES = {
+    "harbour": (WATER, BOAT, BUOY),
+    "street": (ROAD, CAR, None),
+    "park": (GRASS, None, BALL),
+}
+_SPLIT_CODES = {"train": 0, "val": 1}
+_JPEG_QUALITY = 95
+
+
+@dataclass(frozen=True)
+class SyntheticSample:
+    """image: (H, W, 3) uint8 RGB; mask: (H, W) uint8 class indices; scene: one of SCENES."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    scene: str
+
+
+def render_sample(seed: int, split: str, index: int, size: int) -> SyntheticSample:
+    """The `index`-th scene of `split` for `seed`, `size` x `size` pixels."""
+    rng = np.random.default_rng([seed, _SPLIT_CODES[split], index])
+    scene = SCENES[index % len(SCENES)]
+    return _render(rng, scene, size)
+
+
+def _render(rng: np.random.Generator, scene: str, size: int) -> SyntheticSample:
+    ground_class, ellipse_class, disc_class = _SCENE_CLASSES[scene]
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
+    horizon = int(size * rng.uniform(0.15, 0.3))
+    image = np.empty((size, size, 3), np.float32)
+    mask = np.full((size, size), ground_class, np.uint8)
+    mask[:horizon] = SKY
+    image[:horizon] = _sky(rows[:horizon], horizon)
+    image[horizon:] = _ground(rng, ground_class, rows[horizon:], cols[horizon:], size)
+
+    # Harbour scenes hold two object classes, the others one: fewer of each keeps them balanced.
+    shared = ellipse_class is not None and disc_class is not None
+    low, high = (3, 6) if shared else (4, 9)
+    objects = []  # (center_y, center_x, scale, class, draw function)
+    for label, draw in ((ellipse_class, _draw_ellipse_object), (disc_class, _draw_disc_object)):
+        if label is None:
+            continue
+        for _ in range(int(rng.integers(low, high))):
+            scale = float(np.exp(rng.uniform(np.log(size / 16), np.log(size * 0.75))))
+            center_y = rng.uniform(horizon + 0.1 * (size - horizon), size * 0.95)
+            center_x = rng.uniform(-0.05 * size, 1.05 * size)
+            objects.append((center_y, center_x, scale, label, draw))
+    # Nearer (lower) objects are drawn last, so they occlude the ones behind them.
+    for center_y, center_x, scale, label, draw in sorted(objects, key=lambda item: item[0]):
+        box, inside = draw(rng, image, rows, cols, center_y, center_x, scale)
+        mask[box][inside] = label
+
+    # One noise draw for the whole image; grounds get more of it than sky and objects.
+    sigma = _NOISE_SIGMA[mask][..., None]
+    image += rng.standard_normal(image.shape, dtype=np.float32) * sigma
+    return SyntheticSample(np.clip(image, 0, 255).astype(np.uint8), mask, scene)
+
+
+_NOISE_SIGMA = np.array([4, 9, 9, 12, 5, 5, 5, 5], np.float32)
+
+
+def _sky(rows: np.ndarray, horizon: int) -> np.ndarray:
+    """A vertical gradient, the same in every scene. Returns (rows, W, 3)."""
+    fraction = (rows / max(horizon, 1))[..., None]
+    top, bottom = np.array([120, 170, 235], np.float32), np.array([205, 225, 245], np.float32)
+    return top + (bottom - top) * fraction
+
+
+def _ground(
+    rng: np.random.Generator, ground: int, rows: np.ndarray, cols: np.ndarray, size: int
+) -> np.ndarray:
+    """Textured ground "stuff" (before noise) for the rows below the horizon: (rows, W, 3)."""
+    if ground == WATER:
+        period = size / rng.uniform(6, 12)
+        waves = np.sin(2 * np.pi * rows / period + 0.6 * np.sin(cols / (size / 9)))
+        return np.array([35, 75, 150], np.float32) + 22 * waves[..., None]
+    if ground == ROAD:
+        base = np.full((*rows.shape, 3), 72, np.float32)
+        lane_row = rng.uniform(rows.min() + 4, rows.max() + 1)
+        dashes = (np.abs(rows - lane_row) < max(1.0, size / 80)) & ((cols // (size / 8)) % 2 == 0)
+        base[dashes] = 225
+        return base
+    # Grass: green with vertical blade streaks.
+    streaks = rng.normal(0, 14, (1, rows.shape[1], 1)).astype(np.float32)
+    return np.array([55, 135, 50], np.float32) + streaks + np.zeros((*rows.shape, 1), np.float32)
+
+
+def _box(
+    center_y: float, center_x: float, half_height: float, half_width: float, size: int
+) -> tuple[slice, slice]:
+    """The image slice holding an object's bounding box (clipped to the image)."""
+    top, bottom = int(max(0, center_y - half_height)), int(min(size, center_y + half_height + 1))
+    left, right = int(max(0, center_x - half_width)), int(min(size, center_x + half_width + 1))
+    return slice(top, max(top, bottom)), slice(left, max(left, right))
+
+
+def _draw_ellipse_object(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    center_y: float,
+    center_x: float,
+    width: float,
+) -> tuple[tuple[slice, slice], np.ndarray]:
+    """A grey ellipse with a darker cabin on top: a boat or a car, by scene.
+
+    Returns the bounding-box slices and the (box H, box W) bool mask of covered pixels.
+    """
+    half_width, half_height = width / 2, width * rng.uniform(0.22, 0.3)
+    box = _box(center_y, center_x, half_height, half_width, image.shape[0])
+    box_rows, box_cols = rows[box], cols[box]
+    distance = ((box_cols - center_x) / half_width) ** 2 + (
+        (box_rows - center_y) / half_height
+    ) ** 2
+    inside = distance <= 1.0
+    grey = rng.uniform(150, 215)
+    body = np.array([grey, grey, grey * rng.uniform(0.95, 1.05)], np.float32)
+    cabin = (box_rows < center_y - 0.2 * half_height) & (
+        np.abs(box_cols - center_x) < 0.5 * half_width
+    )
+    region = image[box]
+    region[inside] = body
+    region[inside & cabin] = body * 0.55
+    return box, inside
+
+
+def _draw_disc_object(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    center_y: float,
+    center_x: float,
+    diameter: float,
+) -> tuple[tuple[slice, slice], np.ndarray]:
+    """A bright disc with a white band: a buoy or a ball, by scene.
+
+    Returns the bounding-box slices and the (box H, box W) bool mask of covered pixels.
+    """
+    radius = diameter * 0.4  # a little smaller than an ellipse of the same scale
+    box = _box(center_y, center_x, radius, radius, image.shape[0])
+    box_rows, box_cols = rows[box], cols[box]
+    inside = (box_cols - center_x) ** 2 + (box_rows - center_y) ** 2 <= radius**2
+    hues = np.array([[235, 115, 30], [215, 45, 45], [240, 200, 45]], np.float32)
+    color = hues[rng.integers(len(hues))] * rng.uniform(0.9, 1.05)
+    region = image[box]
+    region[inside] = color
+    region[inside & (np.abs(box_rows - center_y) < 0.22 * radius)] = 235
+    return box, inside
+
+
+def encode_jpeg(image: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 RGB as JPEG bytes (quality 95, no chroma subsampling)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=_JPEG_QUALITY, subsampling=0)
+    return buffer.getvalue()
+
+
+def write_synthetic(
+    output: str | os.PathLike,
+    *,
+    num_train: int,
+    num_val: int,
+    size: int,
+    seed: int,
+    overwrite: bool = False,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> Manifest:
+    """Generate the synthetic set into `output` (train and val shards + manifest).
+
+    Deterministic: the same arguments give the same bytes. Images are JPEG, masks PNG.
+    """
+    if num_train < 1 or num_val < 1 or size < 16:
+        raise ValueError(
+            f"synthetic data set needs num_train >= 1, num_val >= 1 and size >= 16 "
+            f"(got {num_train}, {num_val}, {size})"
+        )
+    root = prepare_output(output, overwrite=overwrite)
+    splits = {}
+    for split, count in (("train", num_train), ("val", num_val)):
+        with ShardWriter(root, split, max_rows=max_rows) as writer:
+            for index in range(count):
+                sample = render_sample(seed, split, index, size)
+                writer.write(
+                    ShardRow(
+                        f"{split}-{index:06d}-{sample.scene}",
+                        encode_jpeg(sample.image),
+                        encode_mask_png(sample.mask),
+                        size,
+                        size,
+                    )
+                )
+            splits[split] = writer.close()
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        dataset="synthetic",
+        class_names=SYNTHETIC_CLASS_NAMES,
+        palette=SYNTHETIC_PALETTE,
+        ignore_index=IGNORE_INDEX,
+        splits=splits,
+        converter={
+            "name": "synthetic",
+            "num_train": num_train,
+            "num_val": num_val,
+            "size": size,
+            "seed": seed,
+            "generator_version": GENERATOR_VERSION,
+        },
+        root=root.uri,
+    )
+    write_manifest(root.uri, manifest)
+    return manifest
