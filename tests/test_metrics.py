@@ -169,3 +169,19 @@ def test_float_predictions_are_rejected():
 def test_merging_evaluators_of_different_class_counts_is_refused():
     with pytest.raises(ValueError, match="num_classes=4"):
         MeanIoU(num_classes=3).merge(MeanIoU(num_classes=4))
+
+
+def test_intersection_union_agrees_with_per_class_boolean_counting():
+    pred, target = _random_batch(seed=5, classes=6)
+    intersection, union, label_area = intersection_union(pred, target, 6, 255)
+    labelled = target != 255
+    for c in range(6):
+        predicted, actual = (pred == c) & labelled, target == c
+        assert intersection[c] == (predicted & actual).sum()
+        assert union[c] == (predicted | actual).sum()
+        assert label_area[c] == actual.sum()
+
+
+def test_uint8_label_maps_are_accepted():
+    counts = intersection_union(HAND_PRED.to(torch.uint8), HAND_TARGET.to(torch.uint8), 3, 255)
+    assert [c.tolist() for c in counts] == [[1, 3, 1], [3, 4, 2], [2, 3, 2]]
