@@ -280,7 +280,8 @@ def _read_file(path: Path, map_location: Any) -> Any:
         raise CheckpointError(
             f"checkpoint {source} cannot be loaded safely: it is corrupt, or it holds Python "
             f"objects other than tensors and plain containers, so it was not written by "
-            f"apcnet.checkpoint.save_checkpoint ({error})"
+            f"apcnet.checkpoint.save_checkpoint; for a reference-toolbox (MMSegmentation) "
+            f"checkpoint use apcnet.from_mmseg ({error})"
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(
