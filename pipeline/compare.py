@@ -21,7 +21,7 @@ _RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 # Parameters worth a column: the knobs a search varies.
 SUMMARY_PARAMETERS = (
     ("scales", "model.pool_scales"),
-    ("gla", "model.use_global_guidance"),
+    ("gla", "model.gla"),
     ("lr", "optimization.lr"),
 )
 

@@ -1,0 +1,64 @@
+"""Search pyramid scales, learning rates and more with Ray Tune:
+`python jobs/tune.py [--config FILE] [--set key=value ...] [--name NAME] [--num-samples N]`.
+
+The search space is the config's `tune` section. Every trial is the training job with the
+trial's values; ASHA stops weak trials early; MLflow gets a parent run named NAME with one
+child run per trial. Running the same NAME again resumes an interrupted search.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.config import load_config
+from pipeline.train import default_run_name
+from pipeline.tune import run_search
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tune_synthetic.yaml"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set tune.num_samples=8 (repeatable)",
+    )
+    parser.add_argument(
+        "--name", help="search name; reuse it to resume (default: tune-<config>-<time>)"
+    )
+    parser.add_argument("--num-samples", type=int, help="overrides tune.num_samples")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    name = args.name or f"tune-{default_run_name(args.config)}"
+    outcome = run_search(config, name, num_samples=args.num_samples)
+    print()
+    print(outcome.table)
+    if outcome.best is not None:
+        print(
+            f"\nbest trial {outcome.best.trial_id}: {config.tune.metric}="
+            f"{outcome.best.best_metric:.4f} ({outcome.best.parameters})"
+        )
+    print(f"MLflow parent run {outcome.parent_run_id}; Tune state {outcome.experiment_path}")
+    print(f"wall time {outcome.wall_time_s:.0f} s{' (resumed)' if outcome.resumed else ''}")
+    if outcome.interrupted:
+        print(f"search interrupted: run again with --name {name} to resume it")
+        return 1
+    if outcome.best is None:
+        print("no trial reported the metric: see the trial errors above")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
