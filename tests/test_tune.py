@@ -4,11 +4,15 @@ runs, ASHA's early stop marked on the stopped trial, and resuming an interrupted
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run
 from ray import tune
 
+from pipeline.compare import TRIAL_STATUS_TAG
 from pipeline.config import ExperimentConfig, load_config
 from pipeline.search_space import (
     LogUniform,
@@ -19,7 +23,8 @@ from pipeline.search_space import (
     pool_scales_label,
     validate_tune_section,
 )
-from pipeline.tune import build_param_space, count_trials, validate_search_config
+from pipeline.tracking import child_runs
+from pipeline.tune import build_param_space, count_trials, run_search, validate_search_config
 from pipeline.tune_tracking import (
     COMPLETED,
     ERRORED,
@@ -143,3 +148,126 @@ def test_the_best_trial_ignores_trials_without_a_value() -> None:
         "val_miou",
         "status",
     ]
+
+
+# ------------------------------------------------------------------------------------------
+# Real searches: Ray Tune on the shared local Ray instance, MLflow in a SQLite store
+
+USELESS_LR = 1e-9  # never improves the model, so ASHA must stop it at its first rung
+EPOCHS = 3
+
+
+def tiny_search_config(
+    tmp_path: Path, learning_rates: list[float], *extra: str
+) -> ExperimentConfig:
+    """A grid over learning rates on a tiny synthetic set and a tiny resnet18 APCNet."""
+    rates = ", ".join(repr(rate) for rate in learning_rates)
+    return load_config(
+        REPO_ROOT / "configs" / "tune_synthetic.yaml",
+        [
+            "data.synthetic.num_train=32",
+            "data.synthetic.num_val=8",
+            "data.synthetic.size=32",
+            "data.augmentation.crop_size=[32, 32]",
+            "model.channels=16",
+            "optimization.batch_size=4",
+            f"optimization.epochs={EPOCHS}",
+            "scaling.num_workers=1",
+            f"checkpointing.storage_path={tmp_path / 'runs'}",
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "tracking.experiment_name=tune-spec",
+            "tune.search=grid",
+            "tune.num_samples=1",
+            "tune.max_concurrent_trials=1",
+            "tune.asha.grace_period=1",
+            "tune.asha.reduction_factor=2",
+            "tune.space.pool_scales=[[1, 2]]",
+            "tune.space.gla=[]",
+            f"tune.space.learning_rate=[{rates}]",
+            f"tune.storage_path={tmp_path / 'tune'}",
+            *extra,
+        ],
+    )
+
+
+def child_runs_by_lr(config: ExperimentConfig, parent_run_id: str) -> dict[float, Run]:
+    runs = child_runs(parent_run_id, tracking_uri=config.tracking.tracking_uri)
+    return {float(run.data.params["optimization.lr"]): run for run in runs}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_a_grid_search_logs_every_trial_stops_the_useless_one_and_records_the_best(
+    tmp_path: Path,
+) -> None:
+    # Ordered best-first with one trial at a time: the useless rate comes last, when every
+    # rung already holds better values, so ASHA's decision about it is deterministic.
+    config = tiny_search_config(tmp_path, [0.05, 0.03, 0.02, USELESS_LR])
+    outcome = run_search(config, "grid-spec")
+
+    assert not outcome.interrupted
+    assert len(outcome.trials) == 4
+    by_lr = {row.parameters["lr"]: row for row in outcome.trials}
+    assert by_lr[0.05].status == COMPLETED
+    assert by_lr[0.05].epochs_run == EPOCHS
+    assert by_lr[USELESS_LR].status == STOPPED_EARLY
+    assert by_lr[USELESS_LR].epochs_run < EPOCHS
+
+    runs = child_runs_by_lr(config, outcome.parent_run_id)
+    assert sorted(runs) == sorted([0.05, 0.03, 0.02, USELESS_LR])
+    client = MlflowClient(config.tracking.tracking_uri)
+    for lr, run in runs.items():
+        row = by_lr[lr]
+        assert run.data.params["model.pool_scales"] == "[1, 2]"
+        assert run.data.params["trial.lr"] == str(lr)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")]
+        assert sorted(steps) == list(range(1, row.epochs_run + 1))
+        assert run.data.tags[TRIAL_STATUS_TAG] == row.status
+    stopped = runs[USELESS_LR]
+    assert stopped.data.tags[TRIAL_STATUS_TAG] == STOPPED_EARLY
+    assert stopped.info.status == "KILLED"
+    assert runs[0.05].info.status == "FINISHED"
+
+    parent = client.get_run(outcome.parent_run_id)
+    assert outcome.best is not None and outcome.best.parameters["lr"] != USELESS_LR
+    assert parent.data.tags["apcnet.best_trial"] == outcome.best.trial_id
+    assert parent.data.tags["best.lr"] == str(outcome.best.parameters["lr"])
+    assert parent.data.metrics["best_val_miou"] == pytest.approx(outcome.best.best_metric)
+    artifacts = {item.path for item in client.list_artifacts(outcome.parent_run_id)}
+    assert {"trials.csv", "trials.txt", "best_config.yaml"} <= artifacts
+    assert parent.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
+    tmp_path: Path,
+) -> None:
+    config = tiny_search_config(
+        tmp_path,
+        [0.05, 0.02],
+        "tune.asha.enabled=false",
+        "optimization.epochs=1",
+        "tune.interrupt_after_trials=1",
+    )
+    first = run_search(config, "resume-spec")
+    assert first.interrupted
+    finished_first = [row for row in first.trials if row.status == COMPLETED]
+    assert len(finished_first) == 1
+    client = MlflowClient(config.tracking.tracking_uri)
+    assert client.get_run(first.parent_run_id).info.status == "KILLED"
+
+    resumed_at_ms = time.time() * 1000
+    second = run_search(config, "resume-spec")
+    assert second.resumed and not second.interrupted
+    assert second.parent_run_id == first.parent_run_id
+    assert [row.status for row in second.trials] == [COMPLETED, COMPLETED]
+
+    runs = child_runs(second.parent_run_id, tracking_uri=config.tracking.tracking_uri)
+    assert len(runs) == 2  # one child run per trial, none duplicated by the resume
+    earlier = next(
+        run for run in runs if run.data.tags["apcnet.trial_id"] == finished_first[0].trial_id
+    )
+    history = client.get_metric_history(earlier.info.run_id, "val_miou")
+    assert [m.step for m in history] == [1]
+    assert all(m.timestamp < resumed_at_ms for m in history)  # not trained again

@@ -1,0 +1,133 @@
+"""The paper's ablations (Tables 2 and 3) on the synthetic set, as Ray Tune grids.
+
+Settings: the dilated-FCN baseline (no pyramid), APCNet with scales {1}, with {1,2,3,6}, and
+{1,2,3,6} without global guidance (GLA), each repeated `--repeats` times with the same
+budget (epochs, data, learning rate; ASHA off). Prints mean and spread of the best val mIoU
+per setting and writes benchmarks/out/ablation.json.
+
+    python benchmarks/ablation.py [--epochs 8] [--repeats 3] [--num-train 64] [--set k=v ...]
+
+Repeats use `tune.space.seed` when the config has a training seed; otherwise each repeat
+differs only by its random initialisation and data order.
+"""
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.config import load_config
+from pipeline.search_space import PARAMETER_FIELDS, SEED
+from pipeline.tune import run_search
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = REPO_ROOT / "benchmarks" / "out" / "ablation.json"
+# (label, pool scale sets, GLA): one Tune grid per GLA value, since GLA off is only paired
+# with the full pyramid.
+SEARCHES = (
+    ("gla", [[], [1], [1, 2, 3, 6]], True),
+    ("no-gla", [[1, 2, 3, 6]], False),
+)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=8, help="epochs per run (the budget)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per setting")
+    parser.add_argument("--num-train", type=int, default=64, help="synthetic training images")
+    parser.add_argument("--lr", type=float, default=0.02, help="learning rate of every run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    return parser.parse_args()
+
+
+def setting_label(scales: str, gla: bool) -> str:
+    if scales == "none":
+        return "dilated FCN (no pyramid)"
+    return f"APCNet {{{scales}}}" + ("" if gla else " without GLA")
+
+
+def main() -> int:
+    args = parse_args()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    started = time.perf_counter()
+    per_setting: dict[str, list[float]] = {}
+    epochs_run: dict[str, list[int]] = {}
+    base = load_config(REPO_ROOT / "configs" / "tune_synthetic.yaml", args.overrides)
+    seed_section, seed_field = PARAMETER_FIELDS[SEED]
+    has_seed = any(f.name == seed_field for f in dataclasses.fields(getattr(base, seed_section)))
+    repeats = [f"tune.space.seed={list(range(args.repeats))}", "tune.num_samples=1"]
+    if not has_seed:
+        repeats = ["tune.space.seed=[]", f"tune.num_samples={args.repeats}"]
+    for label, scale_sets, gla in SEARCHES:
+        config = load_config(
+            REPO_ROOT / "configs" / "tune_synthetic.yaml",
+            [
+                f"data.synthetic.num_train={args.num_train}",
+                f"optimization.epochs={args.epochs}",
+                f"optimization.lr={args.lr}",
+                "tune.search=grid",
+                "tune.asha.enabled=false",
+                f"tune.space.pool_scales={json.dumps(scale_sets)}",
+                f"tune.space.gla=[{str(gla).lower()}]",
+                f"tune.space.learning_rate=[{args.lr}]",
+                "tracking.experiment_name=apcnet-ablation",
+                *repeats,
+                *args.overrides,
+            ],
+        )
+        outcome = run_search(config, f"ablation-{label}-{stamp}")
+        print(outcome.table)
+        for row in outcome.trials:
+            key = setting_label(str(row.parameters.get("pool_scales")), gla)
+            per_setting.setdefault(key, []).append(row.best_metric)
+            epochs_run.setdefault(key, []).append(row.epochs_run)
+
+    rows = []
+    for key, values in per_setting.items():
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(
+            {
+                "setting": key,
+                "runs": len(values),
+                "mean_val_miou": statistics.fmean(values),
+                "std_val_miou": spread,
+                "min_val_miou": min(values),
+                "max_val_miou": max(values),
+                "values": values,
+                "epochs": epochs_run[key],
+            }
+        )
+    baseline = next((row for row in rows if row["setting"].startswith("dilated")), None)
+    print(f"\nablation on the synthetic set, {args.epochs} epochs, lr {args.lr}")
+    print(f"{'setting':34} {'runs':>4} {'mean val mIoU':>13} {'std':>7} {'vs baseline':>11}")
+    for row in rows:
+        ratio = row["mean_val_miou"] / baseline["mean_val_miou"] if baseline else float("nan")
+        row["ratio_to_baseline"] = ratio
+        print(
+            f"{row['setting']:34} {row['runs']:>4} {row['mean_val_miou']:>13.4f} "
+            f"{row['std_val_miou']:>7.4f} {ratio:>10.2f}x"
+        )
+    report = {
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+        "num_train": args.num_train,
+        "lr": args.lr,
+        "wall_time_s": time.perf_counter() - started,
+        "settings": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.output.with_name(args.output.name + ".partial")
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    partial.replace(args.output)
+    print(f"wrote {args.output} ({report['wall_time_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
