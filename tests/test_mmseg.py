@@ -233,3 +233,14 @@ def test_from_mmseg_rejects_a_checkpoint_without_deep_stem():
 def test_mmseg_normalisation_constants_are_rgb_0_255():
     assert apcnet.MMSEG_MEAN == (123.675, 116.28, 103.53)
     assert apcnet.MMSEG_STD == (58.395, 57.12, 57.375)
+
+
+class _UntrustedObject:
+    """Something safe loading (weights_only=True) refuses to unpickle."""
+
+
+def test_checkpoint_with_objects_that_safe_loading_refuses_gets_an_extraction_hint(tmp_path):
+    path = tmp_path / "unsafe.pth"
+    torch.save({"meta": _UntrustedObject(), "state_dict": {}}, path)
+    with pytest.raises(ValueError, match=r"weights_only=False\)\['state_dict'\]"):
+        apcnet.from_mmseg(path)
