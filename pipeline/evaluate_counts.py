@@ -7,7 +7,9 @@ the driver; `evaluate_locally` is the plain single-process loop used as its refe
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import os
+import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,11 +37,13 @@ class SplitCounts:
     intersection_union: int64 (3, C), rows [intersection, union, label area].
     confusion: int64 (C, C), rows ground truth, columns prediction (labelled pixels only).
     per_image: image id -> that image's int64 (3, C) counts.
+    workers: ids of the processes that counted (one per actor that received work).
     """
 
     intersection_union: np.ndarray
     confusion: np.ndarray
     per_image: dict[str, np.ndarray] = field(default_factory=dict)
+    workers: set[str] = field(default_factory=set)
 
     @classmethod
     def empty(cls, num_classes: int) -> SplitCounts:
@@ -106,8 +110,8 @@ class SplitCounter:
     """Ray Data actor: one model per actor; a batch of samples in, per-image count rows out.
 
     Input batch columns: id, image (float32 (3, H, W) each), mask (int64 (H, W) each).
-    Output columns: id, counts int64 (B, 3, C), confusion int64 (B, C, C). Images are never
-    sent back: only counts travel to the driver.
+    Output columns: id, counts int64 (B, 3, C), confusion int64 (B, C, C), worker (this
+    actor's process). Images are never sent back: only counts travel to the driver.
     """
 
     def __init__(
@@ -122,6 +126,7 @@ class SplitCounter:
         self.options = options
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         all_counts, all_confusions = [], []
@@ -134,6 +139,7 @@ class SplitCounter:
             "id": np.asarray(batch["id"]),
             "counts": np.stack(all_counts),
             "confusion": np.stack(all_confusions),
+            "worker": np.asarray([self.worker] * len(all_counts)),
         }
 
 
@@ -151,7 +157,11 @@ def count_split_distributed(
     import ray
 
     model_ref = ray.put(model.cpu().eval())
-    counted = dataset.select_columns(["id", "image", "mask"]).map_batches(
+    # Blocks of `batch_size` rows (streaming, no shuffle): a block goes to one actor, so small
+    # blocks spread the split over the whole pool.
+    samples = dataset.select_columns(["id", "image", "mask"])
+    samples = samples.repartition(target_num_rows_per_block=batch_size)
+    counted = samples.map_batches(
         SplitCounter,
         fn_constructor_kwargs={
             "model": model_ref,
@@ -167,15 +177,10 @@ def count_split_distributed(
         num_gpus=pool.num_gpus or None,
     )
     totals = SplitCounts.empty(num_classes)
-    for image_id, counts, confusion in _count_rows(counted):
-        totals.add(image_id, counts, confusion)
-    return totals
-
-
-def _count_rows(counted) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Stream (id, counts, confusion) rows from the actors' output to the driver."""
     for batch in counted.iter_batches(batch_format="numpy", batch_size=64):
         for image_id, counts, confusion in zip(
             batch["id"], batch["counts"], batch["confusion"], strict=True
         ):
-            yield str(image_id), counts, confusion
+            totals.add(str(image_id), counts, confusion)
+        totals.workers.update(str(worker) for worker in batch["worker"])
+    return totals

@@ -84,7 +84,8 @@ def load_project_checkpoint(path: str | Path) -> InferenceModel:
         mean=tuple(float(v) for v in loaded.mean),
         std=tuple(float(v) for v in loaded.std),
         source=str(location),
-        manifest=extra.get("manifest"),
+        # Training stores the data set as "manifest_path"; "manifest" is accepted too.
+        manifest=extra.get("manifest_path") or extra.get("manifest"),
         training_run=extra.get("run_name") or _run_name_from_folder(location),
     )
 
@@ -100,7 +101,7 @@ def _run_name_from_folder(location: Path) -> str | None:
 def load_run_checkpoint(run_name: str, storage_path: str | None = None) -> InferenceModel:
     """The best checkpoint of the training run `run_name` under `storage_path`
     (default `<home>/runs`)."""
-    from pipeline.train import best_checkpoint
+    from pipeline.run_checkpoints import best_checkpoint
 
     try:
         folder = best_checkpoint(run_name, storage_path)

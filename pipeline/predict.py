@@ -193,6 +193,8 @@ def predict(request: PredictionRequest) -> PredictionReport:
     dataset = input_dataset(request)
     (output / OVERLAY_FOLDER if request.overlay else output).mkdir(parents=True, exist_ok=True)
     pool = plan_actor_pool(request.actors, request.cpus_per_actor)
+    # Blocks of `batch_size` rows so that the images spread over every actor of the pool.
+    dataset = dataset.repartition(target_num_rows_per_block=request.batch_size)
     written = dataset.map_batches(
         MaskWriter,
         fn_constructor_kwargs={

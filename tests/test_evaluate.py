@@ -139,6 +139,7 @@ def test_distributed_counts_equal_the_single_process_loop_count_for_count(report
     samples = list(read_split_samples(manifest, "val", inference.mean, inference.std))
     local = evaluate_locally(inference.model, samples, TestTimeOptions(), 3)
     assert report.counts.num_images == len(SIZES)
+    assert len(report.counts.workers) == 2
     assert report.counts.per_image.keys() == local.per_image.keys()
     for image_id, counts in local.per_image.items():
         np.testing.assert_array_equal(report.counts.per_image[image_id], counts)
