@@ -159,17 +159,23 @@ class RunTracker:
         """Find the run named `run_name` in `experiment`, or create it; mark it RUNNING.
 
         A new run is nested under `parent_run_id` when given. A finished or failed run is
-        reopened (resume). `tags` are set either way, plus the git commit of the code.
+        reopened (resume). `tags` are set either way, plus the git commit of the code
+        (`git_commit()`, unless `tags` names it; "unknown" never replaces a known commit).
         tracking_uri / experiment of None are resolved by `resolve_tracking`.
         """
         _check_run_name(run_name)
         client, experiment_id = _client_and_experiment(tracking_uri, experiment, create=True)
         assert experiment_id is not None  # create=True always yields an experiment
-        all_tags = {GIT_COMMIT_TAG: git_commit(), **(tags or {})}
-        if description is not None:
-            all_tags[DESCRIPTION_TAG] = description
         run = _find_run(client, experiment_id, run_name)
         resumed = run is not None
+        all_tags = dict(tags or {})
+        if GIT_COMMIT_TAG not in all_tags:
+            commit = git_commit()
+            # A process without the repository (a Ray worker node) must not erase a known commit.
+            if commit != "unknown" or run is None or GIT_COMMIT_TAG not in run.data.tags:
+                all_tags[GIT_COMMIT_TAG] = commit
+        if description is not None:
+            all_tags[DESCRIPTION_TAG] = description
         if run is None:
             creation_tags = {RUN_NAME_TAG: run_name}
             if parent_run_id is not None:

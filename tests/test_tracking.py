@@ -142,6 +142,15 @@ def test_open_sets_tags_description_and_git_commit(store, monkeypatch):
     assert tags["apcnet.run_name"] == "r50-voc"
 
 
+def test_reopening_without_the_repository_keeps_the_known_git_commit(store, monkeypatch):
+    monkeypatch.setenv("APCNET_GIT_COMMIT", "abc123")
+    open_run(store)
+    monkeypatch.setenv("APCNET_GIT_COMMIT", "unknown")
+    tracker = open_run(store)
+    tags = mlflow.MlflowClient(tracking_uri=store).get_run(tracker.run_id).data.tags
+    assert tags["mlflow.source.git.commit"] == "abc123"
+
+
 def test_artifacts_of_every_kind_land_in_the_run(store, tmp_path):
     tracker = open_run(store)
     config_file = tmp_path / "config.yaml"
