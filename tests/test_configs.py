@@ -127,6 +127,7 @@ def test_recipe_trains_on_eight_gpu_workers_with_synchronised_batchnorm(path):
 def test_recipe_leaves_tracking_and_storage_to_the_environment(path):
     config = load_config(path, check_paths=False)
     assert config.tracking.tracking_uri is None
+    assert config.tracking.experiment_name is None
     assert config.checkpointing.storage_path is None
 
 
