@@ -2,6 +2,7 @@
 and refusing bad input before anything is logged."""
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -27,6 +28,7 @@ from pipeline.shards import (
     Manifest,
     ShardRow,
     ShardWriter,
+    load_manifest,
     write_manifest,
 )
 from pipeline.testtime import TestTimeOptions
@@ -255,3 +257,22 @@ def test_ray_checkpoint_folder_is_accepted_in_place_of_the_file(tmp_path, checkp
 def test_sliding_window_without_a_crop_is_an_option_error():
     with pytest.raises(ValueError, match="--crop"):
         TestTimeOptions(mode="slide")
+
+
+def test_evaluation_that_crashes_leaves_its_run_marked_failed(ray_session, tmp_path, checkpoint):
+    # Masks labelled up to class 4 while the model and manifest know 3 classes: the actors
+    # fail while counting, after the run was created.
+    data = write_tiny_dataset(tmp_path / "data", sizes=((9, 11),))
+    with ShardWriter(tmp_path / "data", "test") as writer:
+        image = png_bytes(np.zeros((9, 11, 3), dtype=np.uint8))
+        writer.write(ShardRow("bad", image, png_bytes(np.full((9, 11), 4, np.uint8)), 9, 11))
+        test_split = writer.close()
+    manifest = load_manifest(data)
+    write_manifest(data, replace(manifest, splits={**manifest.splits, "test": test_split}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    request = EvaluationRequest(
+        checkpoint=str(checkpoint), data=str(data), split="test", actors=1, tracking_uri=uri
+    )
+    with pytest.raises(Exception, match="target labels must lie in"):
+        evaluate(request)
+    assert [run.info.status for run in runs_in(uri)] == ["FAILED"]
