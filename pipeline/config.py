@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.search_space import TuneSection
 from pipeline.transforms import AugmentationConfig
 from pipeline.typed_config import (
     ConfigError,
@@ -54,11 +55,13 @@ class DataSection:
 
     `path` is a shard folder or its manifest.json (local, NFS, s3://, gs://). When it is None
     the synthetic set described by `synthetic` is prepared under `<home>/data/` and used.
+    `seed` makes shuffling and augmentation reproducible (per sample and epoch).
     """
 
     path: str | None = None
     train_split: str = "train"
     val_split: str = "val"
+    seed: int = 0
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
@@ -191,6 +194,7 @@ class ExperimentConfig:
     checkpointing: CheckpointingSection = field(default_factory=CheckpointingSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
     testing: TestingSection = field(default_factory=TestingSection)
+    tune: TuneSection = field(default_factory=TuneSection)  # used by jobs/tune.py only
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from pipeline.paths import apcnet_home
 from pipeline.run_checkpoints import SCORE_METRIC, best_checkpoint, latest_checkpoint, run_folder
 from pipeline.shards import Manifest, load_manifest, manifest_digest
 from pipeline.train_loop import TRAIN_SPLIT, VAL_SPLIT, LoopSettings, train_loop_per_worker
-from pipeline.train_state import RunDescription
+from pipeline.train_state import RunDescription, read_progress
 
 COMPLETE_MARKER = "COMPLETE.json"
 CONFIG_FILE = "config.yaml"
@@ -172,7 +172,6 @@ def fit_run(
     tracker = None
     if config.tracking.enabled:
         tracker = _open_driver_tracker(config, run_name, settings, mlflow_parent_run_id)
-    history = _HistoryCallback()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"settings": settings},
@@ -191,9 +190,9 @@ def fit_run(
                 checkpoint_score_attribute=SCORE_METRIC,
                 checkpoint_score_order="max",
             ),
-            callbacks=[history, *extra_callbacks],
+            callbacks=list(extra_callbacks),
         ),
-        datasets=_datasets(config, manifest, data_path),
+        datasets=_datasets(config, manifest, _resume_epoch(run_name, storage)),
         dataset_config=_data_config(),
     )
     try:
@@ -224,7 +223,7 @@ def fit_run(
         best_val_miou=best_metrics.get(SCORE_METRIC),
         best_checkpoint=best,
         latest_checkpoint=latest,
-        history=tuple(history.epochs),
+        history=read_progress(latest.parent).history if latest is not None else (),
         mlflow_run_id=tracker.run_id if tracker is not None else None,
         majority_baseline_miou=baseline_miou,
         final_metrics={k: v for k, v in final.items() if isinstance(v, int | float)},
@@ -234,17 +233,6 @@ def fit_run(
         tracker.set_terminated("FINISHED")
     _write_complete_marker(outcome)
     return outcome
-
-
-class _HistoryCallback(UserCallback):
-    """Collects rank 0's metrics of every report, in order (runs in the Train controller)."""
-
-    def __init__(self) -> None:
-        self.epochs: list[dict[str, float]] = []
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any):
-        if metrics:
-            self.epochs.append(dict(metrics[0]))
 
 
 def _loop_settings(
@@ -389,19 +377,35 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def _datasets(config: ExperimentConfig, manifest: Manifest, data_path: str) -> dict[str, Any]:
+def _datasets(config: ExperimentConfig, manifest: Manifest, first_epoch: int) -> dict[str, Any]:
+    """Train split augmented (re-augmented each epoch from data.seed), val split at full size."""
     from pipeline.data import eval_dataset, train_dataset
 
+    augmentation = config.data.augmentation
     return {
-        TRAIN_SPLIT: train_dataset(data_path, config.data.train_split, config.data.augmentation),
-        VAL_SPLIT: eval_dataset(data_path, config.data.val_split, config.data.augmentation),
+        TRAIN_SPLIT: train_dataset(
+            manifest,
+            config.data.train_split,
+            augmentation,
+            config.data.seed,
+            first_epoch=first_epoch,
+        ),
+        VAL_SPLIT: eval_dataset(
+            manifest, config.data.val_split, augmentation.mean, augmentation.std
+        ),
     }
 
 
 def _data_config() -> Any:
     from pipeline.data import data_config
 
-    return data_config()
+    return data_config(TRAIN_SPLIT)
+
+
+def _resume_epoch(run_name: str, storage: Path) -> int:
+    """The last completed epoch of an existing run (0 for a new one)."""
+    latest = _try(latest_checkpoint, run_name, storage)
+    return read_progress(latest.parent).epoch if latest is not None else 0
 
 
 def _manifest_file(data_path: str) -> str:

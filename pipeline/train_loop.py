@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -121,7 +122,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             start_iteration=progress.global_iteration,
             first_step_time=first_step_time,
         )
-        progress = Progress(epoch, progress.global_iteration + epoch_result.iterations)
+        previous = progress
+        progress = Progress(epoch, previous.global_iteration + epoch_result.iterations)
         if epoch_result.nonfinite_at_iteration is not None:
             ray.train.report(
                 {
@@ -148,6 +150,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             tracker.log_metrics(_tracked(metrics), step=epoch)
         _say(rank, _epoch_line(metrics, settings.total_epochs))
         _maybe_inject_kill(settings, epoch, rank, after_metrics_logged=True)
+        progress = Progress(epoch, progress.global_iteration, (*previous.history, metrics))
         _report_with_checkpoint(
             metrics, rank, bare_model, optimizer, scheduler, scaler, progress, settings
         )
@@ -224,13 +227,21 @@ def _validate(
     model.eval()
     class_names = settings.description.class_names
     metric = MeanIoU(len(class_names), settings.ignore_index)
-    for batch in val_shard.iter_torch_batches(batch_size=settings.config.evaluation.batch_size):
-        images, masks = _batch_to_device(batch, device, features.channels_last)
-        with torch.autocast(
-            device.type, dtype=features.autocast_dtype, enabled=features.autocast_dtype is not None
-        ):
-            logits = model(images)["out"]
-        metric.update(logits.argmax(dim=1), masks)
+    # Val images keep their own sizes; rows of one batch are stacked only when they match.
+    for batch in val_shard.iter_batches(
+        batch_size=settings.config.evaluation.batch_size, batch_format="numpy"
+    ):
+        for images, masks in _same_size_groups(batch["image"], batch["mask"]):
+            images = images.to(device)
+            if features.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(
+                device.type,
+                dtype=features.autocast_dtype,
+                enabled=features.autocast_dtype is not None,
+            ):
+                logits = model(images)["out"]
+            metric.update(logits.argmax(dim=1), masks.to(device))
     counts = metric.counts().to(device)
     if world_size > 1:
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
@@ -270,6 +281,27 @@ def _report_with_checkpoint(
         )
         checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(reported, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+
+def _same_size_groups(images: Any, masks: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Split a numpy batch (stacked, or object arrays of per-row arrays) into tensor groups
+    of equal size: images (n, 3, h, w) float32, masks (n, h, w) int64."""
+    rows = [
+        (np.asarray(image), np.asarray(mask)) for image, mask in zip(images, masks, strict=True)
+    ]
+    groups: list[tuple[torch.Tensor, torch.Tensor]] = []
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end][0].shape != rows[start][0].shape:
+            group = rows[start:end]
+            groups.append(
+                (
+                    torch.from_numpy(np.stack([image for image, _ in group])),
+                    torch.from_numpy(np.stack([mask for _, mask in group]).astype(np.int64)),
+                )
+            )
+            start = end
+    return groups
 
 
 def _build_optimizer(model: nn.Module, config: ExperimentConfig) -> torch.optim.Optimizer:

@@ -36,10 +36,12 @@ class RunDescription:
 
 @dataclass(frozen=True)
 class Progress:
-    """How far a run got: the last completed epoch (0 = none) and optimisation steps so far."""
+    """How far a run got: the last completed epoch (0 = none), optimisation steps so far, and
+    the metrics reported for every completed epoch, in order."""
 
     epoch: int = 0
     global_iteration: int = 0
+    history: tuple[dict[str, float], ...] = ()
 
 
 def save_training_state(
@@ -72,6 +74,7 @@ def save_training_state(
             "scheduler": scheduler.state_dict(),
             "epoch": progress.epoch,
             "global_iteration": progress.global_iteration,
+            "history": [dict(metrics) for metrics in progress.history],
             "config": run.config,
             "manifest_path": run.manifest_path,
         },
@@ -97,13 +100,19 @@ def restore_training_state(
     model.load_state_dict(loaded.state_dict)
     if loaded.optimizer_state is not None:
         optimizer.load_state_dict(loaded.optimizer_state)
-    extra = loaded.extra
-    scheduler.load_state_dict(extra["scheduler"])
-    scaler.load_state_dict(extra["scaler"])
-    return Progress(epoch=int(extra["epoch"]), global_iteration=int(extra["global_iteration"]))
+    scheduler.load_state_dict(loaded.extra["scheduler"])
+    scaler.load_state_dict(loaded.extra["scaler"])
+    return _progress(loaded.extra)
 
 
 def read_progress(folder: Path) -> Progress:
     """The epoch and iteration stored in a checkpoint folder, without building a model."""
-    extra = load_checkpoint(folder / CHECKPOINT_FILE).extra
-    return Progress(epoch=int(extra["epoch"]), global_iteration=int(extra["global_iteration"]))
+    return _progress(load_checkpoint(folder / CHECKPOINT_FILE).extra)
+
+
+def _progress(extra: dict[str, Any]) -> Progress:
+    return Progress(
+        epoch=int(extra["epoch"]),
+        global_iteration=int(extra["global_iteration"]),
+        history=tuple(dict(metrics) for metrics in extra.get("history", ())),
+    )
