@@ -81,8 +81,9 @@ def image_counts(
     prediction, target: integer (H, W). Returns int64 (3, C) [intersection, union, label area]
     and int64 (C, C) confusion (rows ground truth, columns prediction).
     """
-    predicted = torch.from_numpy(np.asarray(prediction, dtype=np.int64))
-    labels = torch.from_numpy(np.asarray(target, dtype=np.int64))
+    # Copies: arrays handed over by Ray Data are read-only views of Arrow memory.
+    predicted = torch.from_numpy(np.array(prediction, dtype=np.int64))
+    labels = torch.from_numpy(np.array(target, dtype=np.int64))
     counts = torch.stack(intersection_union(predicted, labels, num_classes, ignore_index))
     labelled = labels != ignore_index
     pairs = labels[labelled] * num_classes + predicted[labelled]
