@@ -124,7 +124,7 @@ def decode_image(data: bytes) -> np.ndarray:
         except RuntimeError:
             pass  # unusual JPEG flavours (e.g. CMYK): let PIL try
     with _open_image(data, "image") as image:
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))  # a writable copy (torch warns on read-only)
 
 
 def decode_mask(data: bytes) -> np.ndarray:
@@ -141,7 +141,7 @@ def decode_mask(data: bytes) -> np.ndarray:
                 f"decode_mask: expected a single-channel 8-bit PNG of class indices (mode L "
                 f"or P), got mode {image.mode}; re-run the data preparation job"
             )
-        return np.asarray(image)
+        return np.array(image)  # a writable copy (torch warns on read-only)
 
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
