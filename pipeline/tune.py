@@ -128,7 +128,11 @@ def build_search_algorithm(tune_section: TuneSection, search_seed: int = 0) -> S
             mode=tune_section.mode,
             sampler=optuna.samplers.TPESampler(seed=search_seed),
         )
-    return BasicVariantGenerator(random_state=search_seed)
+    # A variant generator is not a Searcher, so Tune's max_concurrent_trials does not reach
+    # it: the limit must be given here, or every trial would be started at once.
+    return BasicVariantGenerator(
+        max_concurrent=tune_section.max_concurrent_trials, random_state=search_seed
+    )
 
 
 def build_scheduler(tune_section: TuneSection, planned_epochs: int) -> TrialScheduler:
