@@ -8,7 +8,7 @@ Three sources: this project's checkpoint (a file, or a Ray checkpoint folder hol
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -111,7 +111,7 @@ def load_run_checkpoint(run_name: str, storage_path: str | None = None) -> Infer
             "(and --storage-path when the run was stored elsewhere)"
         ) from error
     loaded = load_project_checkpoint(folder)
-    return InferenceModel(**{**loaded.__dict__, "training_run": run_name})
+    return replace(loaded, training_run=run_name)
 
 
 def load_mmseg_checkpoint(

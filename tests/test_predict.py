@@ -70,8 +70,7 @@ def predicted(ray_session, checkpoint, image_folder, tmp_path_factory):
         input=str(image_folder),
         output=str(output),
         overlay=True,
-        actors=2,
-        cpus_per_actor=0.5,
+        actors=1,
     )
     return predict(request)
 
