@@ -276,3 +276,9 @@ def test_evaluation_that_crashes_leaves_its_run_marked_failed(ray_session, tmp_p
     with pytest.raises(Exception, match="target labels must lie in"):
         evaluate(request)
     assert [run.info.status for run in runs_in(uri)] == ["FAILED"]
+
+
+def test_unknown_training_run_is_refused_naming_the_run(tmp_path):
+    request = EvaluationRequest(run="never-trained", storage_path=str(tmp_path))
+    with pytest.raises(InferenceError, match="training run 'never-trained'"):
+        load_evaluation_model(request)
