@@ -15,6 +15,7 @@ import argparse
 
 from pipeline.config import ConfigError, load_config
 from pipeline.train import (
+    NonFiniteLossError,
     TrainOutcome,
     default_run_name,
     storage_root,
@@ -75,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print_summary(train(config, run_name))
+    try:
+        outcome = train(config, run_name)
+    except (ConfigError, NonFiniteLossError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print_summary(outcome)
     return 0
 
 

@@ -170,14 +170,16 @@ class TrackingSection:
 class TestingSection:
     """Fault injection for the test suite only; never set these in a real recipe.
 
-    kill_at_epoch: a worker calls os._exit(1) during this epoch (first attempt only).
-    kill_after_metrics_logged: the kill happens after the epoch's metrics reached MLflow and
-        before its checkpoint is reported, instead of in the middle of the epoch.
+    kill_at_epoch: the last worker calls os._exit(1) in the middle of this epoch.
+    kill_after_logging_at_epoch: rank 0 calls os._exit(1) after this epoch's metrics reached
+        MLflow and before its checkpoint is reported (the worst moment for duplicates).
     nan_at_iteration: the loss becomes NaN at this global iteration (1-based).
+    Each kill happens on the first attempt only: a marker file in the run folder remembers it,
+    so the replacement worker trains on.
     """
 
     kill_at_epoch: int | None = None
-    kill_after_metrics_logged: bool = False
+    kill_after_logging_at_epoch: int | None = None
     nan_at_iteration: int | None = None
 
 

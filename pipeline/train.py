@@ -35,7 +35,13 @@ from pipeline.majority_baseline import class_pixel_counts, majority_class_miou
 from pipeline.paths import apcnet_home
 from pipeline.run_checkpoints import SCORE_METRIC, best_checkpoint, latest_checkpoint, run_folder
 from pipeline.shards import Manifest, load_manifest, manifest_digest
-from pipeline.train_loop import TRAIN_SPLIT, VAL_SPLIT, LoopSettings, train_loop_per_worker
+from pipeline.train_loop import (
+    NONFINITE_STATUS,
+    TRAIN_SPLIT,
+    VAL_SPLIT,
+    LoopSettings,
+    train_loop_per_worker,
+)
 from pipeline.train_state import RunDescription, read_progress
 
 COMPLETE_MARKER = "COMPLETE.json"
@@ -202,14 +208,15 @@ def fit_run(
             tracker.set_terminated("FAILED")
         raise
     final = dict(result.metrics or {})
-    if final.get("nonfinite_loss"):
+    returned = result.return_value or {}
+    if returned.get("status") == NONFINITE_STATUS:
         if tracker is not None:
-            tracker.set_tags({"apcnet.status": "nonfinite_loss"})
+            tracker.set_tags({"apcnet.status": NONFINITE_STATUS})
             tracker.set_terminated("FAILED")
         latest = _try(latest_checkpoint, run_name, storage)
         raise NonFiniteLossError(
             f"run {run_name!r}: the training loss became NaN or infinite in epoch "
-            f"{int(final['epoch'])} at global iteration {int(final['global_iteration'])}; "
+            f"{returned['epoch']} at global iteration {returned['global_iteration']}; "
             f"training stopped without a restart. Last good checkpoint: {latest or 'none'}. "
             "Lower optimization.lr, set optimization.grad_clip_norm, or check the data."
         )

@@ -7,9 +7,9 @@ log the epoch's metrics to MLflow from rank 0, then `ray.train.report` the metri
 checkpoint. A replayed epoch after a restart is logged again and skipped by the tracker, which
 ignores steps it already has, so MLflow holds every epoch exactly once.
 
-A NaN or infinite loss is not a worker failure: all workers agree on it (all-reduce), report
-`nonfinite_loss=1` without a checkpoint and return, so Ray does not restart anything and the
-last good checkpoint stays the latest.
+A NaN or infinite loss is not a worker failure: all workers agree on it (all-reduce), log
+`nonfinite_loss=1` to MLflow and return that status to the driver without a checkpoint, so Ray
+does not restart anything and the last good checkpoint stays the latest.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from pipeline.train_state import (
     save_training_state,
 )
 
+COMPLETED_STATUS = "completed"
+NONFINITE_STATUS = "nonfinite_loss"
 TRAIN_SPLIT = "train"
 VAL_SPLIT = "val"
 
@@ -71,8 +73,12 @@ class EpochResult:
     nonfinite_at_iteration: int | None
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point: `train_loop_config={"settings": LoopSettings(...)}`."""
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train entry point: `train_loop_config={"settings": LoopSettings(...)}`.
+
+    Returns (rank 0's value becomes `Result.return_value`) {"status": "completed"} or
+    {"status": "nonfinite_loss", "epoch": e, "global_iteration": i}.
+    """
     settings: LoopSettings = loop_config["settings"]
     config = settings.config
     context = ray.train.get_context()
@@ -125,14 +131,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         previous = progress
         progress = Progress(epoch, previous.global_iteration + epoch_result.iterations)
         if epoch_result.nonfinite_at_iteration is not None:
-            ray.train.report(
-                {
-                    "nonfinite_loss": 1,
-                    "epoch": epoch,
-                    "global_iteration": epoch_result.nonfinite_at_iteration,
-                }
+            stopped = {
+                "epoch": epoch,
+                "global_iteration": epoch_result.nonfinite_at_iteration,
+            }
+            if tracker is not None:
+                tracker.log_metrics({"nonfinite_loss": 1}, step=epoch)
+            _say(
+                rank, f"non-finite loss in epoch {epoch} at iteration {stopped['global_iteration']}"
             )
-            return
+            return {"status": NONFINITE_STATUS, **stopped}
         epoch_time = time.perf_counter() - started
         metrics: dict[str, float] = {
             "epoch": epoch,
@@ -156,6 +164,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         if progress.global_iteration >= settings.total_iterations:
             break
+    return {"status": COMPLETED_STATUS}
 
 
 def _train_one_epoch(
@@ -351,24 +360,28 @@ def _maybe_inject_kill(
 ) -> None:
     """Test-only: end this worker process abruptly, once per run (a marker file remembers)."""
     testing = settings.config.testing
-    if testing.kill_at_epoch != epoch or testing.kill_after_metrics_logged != after_metrics_logged:
-        return
-    if mid_epoch is not None:
-        # Mid-epoch kills happen at the epoch's middle step, on the last worker.
+    if after_metrics_logged:
+        if testing.kill_after_logging_at_epoch != epoch or rank != 0:
+            return
+        moment = "after-logging"
+    else:
+        if testing.kill_at_epoch != epoch or mid_epoch is None:
+            return
+        # Mid-epoch kills happen before the epoch's middle step, on the last worker.
         first = (epoch - 1) * settings.iterations_per_epoch + 1
         if mid_epoch != first + settings.iterations_per_epoch // 2:
             return
-        rank = ray.train.get_context().get_world_rank()
-        if rank != ray.train.get_context().get_world_size() - 1:
+        context = ray.train.get_context()
+        rank = context.get_world_rank()
+        if rank != context.get_world_size() - 1:
             return
-    elif rank != 0:
-        return
-    marker = Path(settings.run_folder) / f".testing-killed-epoch-{epoch}"
+        moment = "mid-epoch"
+    marker = Path(settings.run_folder) / f".testing-killed-{moment}-epoch-{epoch}"
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("killed by testing.kill_at_epoch\n")
-    print(f"[testing] worker rank {rank} exits abruptly in epoch {epoch}", flush=True)
+    marker.write_text("killed by a testing.* setting\n")
+    print(f"[testing] worker rank {rank} exits abruptly ({moment}, epoch {epoch})", flush=True)
     os._exit(1)
 
 
