@@ -1,0 +1,159 @@
+"""Specification of training under faults: dead workers, a stopped driver, a NaN loss.
+
+Workers really die (`os._exit` through the test-only `testing.*` settings); the driver is
+really killed (a `jobs/train.py` subprocess connected to the shared test cluster).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import ray
+
+from pipeline.config import ExperimentConfig, config_to_yaml, load_config
+from pipeline.datasets.synthetic import write_synthetic
+from pipeline.run_checkpoints import latest_checkpoint
+from pipeline.tracking import find_run
+from pipeline.train import NonFiniteLossError, train
+from pipeline.train_state import read_progress
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_config(root: Path, *overrides: str) -> ExperimentConfig:
+    """resnet18 with a narrow head, 32 px crops, 8 train / 4 val images, 2 epochs, 2 workers;
+    iterations_per_epoch = (8 // 2 workers) // 2 per worker = 2."""
+    data = root / "data"
+    if not (data / "manifest.json").exists():
+        write_synthetic(data, num_train=8, num_val=4, size=32, seed=0)
+    return load_config(
+        None,
+        [
+            f"data.path={data}",
+            "data.augmentation.crop_size=[32, 32]",
+            "data.augmentation.scale_range=[1.0, 1.0]",
+            "model.backbone=resnet18",
+            "model.channels=64",
+            "model.pool_scales=[1, 2]",
+            "optimization.batch_size=4",
+            "optimization.epochs=2",
+            "scaling.num_workers=2",
+            "scaling.process_group_timeout_s=60",
+            f"checkpointing.storage_path={root / 'runs'}",
+            f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+            "tracking.experiment_name=faults",
+            *overrides,
+        ],
+    )
+
+
+def metric_steps(config: ExperimentConfig, run_name: str, key: str) -> list[int]:
+    run = find_run(
+        run_name,
+        tracking_uri=config.tracking.tracking_uri,
+        experiment=config.tracking.experiment_name,
+    )
+    assert run is not None, f"no MLflow run named {run_name}"
+    client = mlflow.MlflowClient(tracking_uri=config.tracking.tracking_uri)
+    return sorted(metric.step for metric in client.get_metric_history(run.info.run_id, key))
+
+
+@pytest.mark.slow
+def test_killed_workers_are_replaced_and_every_epoch_reaches_mlflow_exactly_once(
+    ray_session, tmp_path
+):
+    # Two real deaths in one run: rank 0 right after epoch 1's metrics reached MLflow and
+    # before its checkpoint (epoch 1 is replayed from scratch), then the last worker in the
+    # middle of epoch 2 (resumed from epoch 1's checkpoint).
+    config = tiny_config(
+        tmp_path, "testing.kill_after_logging_at_epoch=1", "testing.kill_at_epoch=2"
+    )
+    outcome = train(config, "killed-workers")
+    assert (outcome.run_folder / ".testing-killed-after-logging-epoch-1").exists()
+    assert (outcome.run_folder / ".testing-killed-mid-epoch-epoch-2").exists()
+    assert outcome.status == "finished"
+    assert [int(epoch["epoch"]) for epoch in outcome.history] == [1, 2]
+    for key in ("train_loss", "lr", "val_miou", "epoch_time_s"):
+        assert metric_steps(config, "killed-workers", key) == [1, 2], key
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_training_with_a_clear_error_and_no_restart(ray_session, tmp_path):
+    # Iteration 3 is the first step of epoch 2.
+    config = tiny_config(tmp_path, "testing.nan_at_iteration=3")
+    started = time.perf_counter()
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2 at global iteration 3"):
+        train(config, "nan-loss")
+    latest = latest_checkpoint("nan-loss", tmp_path / "runs")
+    assert read_progress(latest.parent).epoch == 1, "the last good checkpoint is kept"
+    assert metric_steps(config, "nan-loss", "train_loss") == [1]
+    assert metric_steps(config, "nan-loss", "nonfinite_loss") == [2]
+    assert time.perf_counter() - started < 600
+
+
+def run_job(*arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "jobs/train.py", *arguments],
+        cwd=REPO_ROOT,
+        env=job_environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def job_environment() -> dict[str, str]:
+    """The job's driver joins the shared test cluster instead of starting its own."""
+    return {
+        **os.environ,
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+    }
+
+
+def registered_checkpoint(storage: Path) -> bool:
+    try:
+        return latest_checkpoint("resumable", storage).is_file()
+    except Exception:  # no record yet, or Ray is rewriting it right now
+        return False
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resubmitted_by_name_resumes_and_a_finished_run_says_complete(
+    ray_session, tmp_path
+):
+    config = tiny_config(tmp_path, "optimization.epochs=3")
+    config_file = tmp_path / "resumable.yaml"
+    config_file.write_text(config_to_yaml(config))
+
+    driver = subprocess.Popen(
+        [sys.executable, "jobs/train.py", "--config", str(config_file), "--name", "resumable"],
+        cwd=REPO_ROOT,
+        env=job_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # Kill the driver once Ray has registered a checkpoint (the record resume starts from).
+    deadline = time.monotonic() + 600
+    while not registered_checkpoint(tmp_path / "runs") and time.monotonic() < deadline:
+        assert driver.poll() is None, "the first driver ended before it was killed"
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=60)
+    assert registered_checkpoint(tmp_path / "runs"), "the first driver never saved a checkpoint"
+    assert not (tmp_path / "runs" / "resumable" / "COMPLETE.json").exists()
+
+    # Resubmitting the same job (same config, same name) resumes it.
+    resumed = run_job("--config", str(config_file), "--name", "resumable")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming resumable after epoch" in resumed.stdout + resumed.stderr
+    assert metric_steps(config, "resumable", "train_loss") == [1, 2, 3]
+
+    again = run_job("--config", str(config_file), "--name", "resumable", timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already complete" in again.stdout
