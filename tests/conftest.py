@@ -37,7 +37,9 @@ def ray_session() -> Iterator[None]:
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     ray.init(
         num_cpus=2,
-        include_dashboard=False,
+        # The dashboard serves the State API, which Train's placement-group cleaner needs:
+        # without it a Tune trial stopped by ASHA never frees its workers' resources.
+        include_dashboard=True,
         object_store_memory=1_000_000_000,
         _temp_dir=temp_dir,
         configure_logging=False,
