@@ -29,7 +29,8 @@ PARAMETER_FIELDS: dict[str, tuple[str, str]] = {
     LEARNING_RATE: ("optimization", "lr"),
     GLOBAL_GUIDANCE: ("model", "gla"),
     WEIGHT_DECAY: ("optimization", "weight_decay"),
-    SEED: ("optimization", "seed"),
+    # data.seed orders and augments the samples (and seeds the model initialisation).
+    SEED: ("data", "seed"),
 }
 NO_PYRAMID_LABEL = "none"
 
@@ -51,7 +52,9 @@ class SearchSpaceSection:
     learning_rate: a list of values (grid, random, Optuna) or a LogUniform range (random,
         Optuna only).
     gla: global-guided local affinity on/off, e.g. [true, false].
-    weight_decay, seed: lists of values.
+    weight_decay: a list of values.
+    seed: a list of `data.seed` values (shuffling, augmentation, initialisation): repeats of
+        the same setting, e.g. [0, 1, 2] for a mean and spread.
     """
 
     pool_scales: tuple[tuple[int, ...], ...] = ((1,), (1, 2), (1, 2, 3), (1, 2, 3, 6))

@@ -111,13 +111,34 @@ def test_trial_parameters_set_the_matching_config_fields() -> None:
     config = ExperimentConfig()
     trial = apply_trial_parameters(
         config,
-        {"pool_scales": "none", "lr": 0.003, "gla": False, "weight_decay": 5e-4, "other": 1},
+        {
+            "pool_scales": "none",
+            "lr": 0.003,
+            "gla": False,
+            "weight_decay": 5e-4,
+            "seed": 7,
+            "other": 1,
+        },
     )
     assert trial.model.pool_scales == ()
     assert trial.model.gla is False
     assert trial.optimization.lr == 0.003
     assert trial.optimization.weight_decay == 5e-4
-    assert trial.data == config.data  # nothing else changes
+    assert trial.data.seed == 7
+    # Nothing else changes.
+    assert dataclasses.replace(trial.data, seed=config.data.seed) == config.data
+    assert trial.evaluation == config.evaluation
+
+
+def test_the_seed_dimension_repeats_a_setting_with_different_data_seeds() -> None:
+    config = load_config(
+        REPO_ROOT / "configs" / "tune_synthetic.yaml",
+        ["tune.search=grid", "tune.space.learning_rate=[0.01]", "tune.space.seed=[0, 1, 2]"],
+    )
+    validate_search_config(config)  # the seed field exists in the config tree
+    assert build_param_space(config.tune)["seed"] == tune.grid_search([0, 1, 2])
+    seeds = [apply_trial_parameters(config, {"seed": seed}).data.seed for seed in (0, 1, 2)]
+    assert seeds == [0, 1, 2]
 
 
 def test_asha_needs_validation_after_every_epoch() -> None:
