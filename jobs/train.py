@@ -14,14 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import argparse
 
 from pipeline.config import ConfigError, load_config
-from pipeline.train import (
-    NonFiniteLossError,
-    TrainOutcome,
-    default_run_name,
-    storage_root,
-    stored_config,
-    train,
-)
+from pipeline.run_records import default_run_name, storage_root, stored_config
+from pipeline.train import NonFiniteLossError, TrainOutcome, train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "synthetic.yaml"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,7 +25,6 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from pipeline.config import (
     ConfigError,
     ExperimentConfig,
-    config_from_dict,
     config_to_dict,
     config_to_yaml,
     flatten_config,
@@ -34,6 +32,14 @@ from pipeline.config import (
 from pipeline.majority_baseline import class_pixel_counts, majority_class_miou
 from pipeline.paths import apcnet_home
 from pipeline.run_checkpoints import SCORE_METRIC, best_checkpoint, latest_checkpoint, run_folder
+from pipeline.run_records import (
+    CONFIG_FILE,
+    completed_summary,
+    storage_root,
+    stored_config,
+    write_complete_marker,
+    write_once,
+)
 from pipeline.shards import Manifest, load_manifest, manifest_digest
 from pipeline.train_loop import (
     NONFINITE_STATUS,
@@ -44,8 +50,6 @@ from pipeline.train_loop import (
 )
 from pipeline.train_state import RunDescription, read_progress
 
-COMPLETE_MARKER = "COMPLETE.json"
-CONFIG_FILE = "config.yaml"
 RUN_NAME_TAG = "apcnet.run_name"
 MANIFEST_HASH_TAG = "apcnet.data_manifest_sha256"
 
@@ -68,34 +72,6 @@ class TrainOutcome:
     mlflow_run_id: str | None = None
     majority_baseline_miou: float | None = None
     final_metrics: dict[str, float] = field(default_factory=dict)
-
-
-def default_run_name(config_path: str | Path | None, now: datetime | None = None) -> str:
-    """`<config stem>-<YYYYmmdd-HHMMSS>`; the stem is "synthetic" for the embedded default."""
-    stem = Path(config_path).stem if config_path is not None else "synthetic"
-    return f"{stem}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
-
-
-def storage_root(config: ExperimentConfig, storage_path: str | Path | None = None) -> Path:
-    """The folder run folders go in: the argument, else the config's, else `<home>/runs`."""
-    chosen = storage_path or config.checkpointing.storage_path
-    return Path(chosen).expanduser().resolve() if chosen else apcnet_home() / "runs"
-
-
-def stored_config(run_name: str, storage_path: Path) -> ExperimentConfig | None:
-    """The resolved config a run was started with, or None for a run that never started."""
-    path = run_folder(run_name, storage_path) / CONFIG_FILE
-    if not path.is_file():
-        return None
-    import yaml
-
-    return config_from_dict(yaml.safe_load(path.read_text()), source=str(path))
-
-
-def completed_summary(run_name: str, storage_path: Path) -> dict[str, Any] | None:
-    """The completion record of a finished run, or None when it has not finished."""
-    marker = run_folder(run_name, storage_path) / COMPLETE_MARKER
-    return json.loads(marker.read_text()) if marker.is_file() else None
 
 
 def prepare_data(config: ExperimentConfig) -> str:
@@ -173,7 +149,7 @@ def fit_run(
     data_path = prepare_data(config)
     manifest = load_manifest(data_path)
     settings = _loop_settings(config, run_name, folder, manifest, data_path)
-    _write_once(folder / CONFIG_FILE, config_to_yaml(config))
+    write_once(folder / CONFIG_FILE, config_to_yaml(config))
 
     tracker = None
     if config.tracking.enabled:
@@ -369,19 +345,7 @@ def _write_complete_marker(outcome: TrainOutcome) -> None:
         "majority_baseline_miou": outcome.majority_baseline_miou,
         "finished_at": datetime.now().isoformat(timespec="seconds"),
     }
-    _write_atomically(outcome.run_folder / COMPLETE_MARKER, json.dumps(summary, indent=2) + "\n")
-
-
-def _write_once(path: Path, text: str) -> None:
-    if not path.exists():
-        _write_atomically(path, text)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    write_complete_marker(outcome.run_folder, summary)
 
 
 def _datasets(config: ExperimentConfig, manifest: Manifest, first_epoch: int) -> dict[str, Any]:

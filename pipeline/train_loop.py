@@ -15,7 +15,6 @@ does not restart anything and the last good checkpoint stays the latest.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from apcnet.loss import segmentation_loss
 from apcnet.metrics import MeanIoU
 from apcnet.schedule import PolyLR
 from pipeline.config import ExperimentConfig
+from pipeline.fault_injection import maybe_kill_worker
 from pipeline.train_model import build_training_model, device_features
 from pipeline.train_state import (
     Progress,
@@ -157,7 +157,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         if tracker is not None:
             tracker.log_metrics(_tracked(metrics), step=epoch)
         _say(rank, _epoch_line(metrics, settings.total_epochs))
-        _maybe_inject_kill(settings, epoch, rank, after_metrics_logged=True)
+        maybe_kill_worker(
+            config.testing,
+            settings.run_folder,
+            settings.iterations_per_epoch,
+            epoch,
+            rank,
+            after_metrics_logged=True,
+        )
         progress = Progress(epoch, progress.global_iteration, (*previous.history, metrics))
         _report_with_checkpoint(
             metrics, rank, bare_model, optimizer, scheduler, scaler, progress, settings
@@ -187,7 +194,14 @@ def _train_one_epoch(
         iteration = start_iteration + iterations + 1
         if iteration > settings.total_iterations:
             break
-        _maybe_inject_kill(settings, _epoch_of(iteration, settings), None, mid_epoch=iteration)
+        maybe_kill_worker(
+            config.testing,
+            settings.run_folder,
+            settings.iterations_per_epoch,
+            (iteration - 1) // settings.iterations_per_epoch + 1,
+            None,
+            mid_epoch=iteration,
+        )
         images, masks = _batch_to_device(batch, device, features.channels_last)
         with torch.autocast(
             device.type, dtype=features.autocast_dtype, enabled=features.autocast_dtype is not None
@@ -344,45 +358,6 @@ def _all_reduce_mean(value: torch.Tensor) -> float:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= dist.get_world_size()
     return float(value)
-
-
-def _epoch_of(iteration: int, settings: LoopSettings) -> int:
-    return (iteration - 1) // settings.iterations_per_epoch + 1
-
-
-def _maybe_inject_kill(
-    settings: LoopSettings,
-    epoch: int,
-    rank: int | None,
-    *,
-    after_metrics_logged: bool = False,
-    mid_epoch: int | None = None,
-) -> None:
-    """Test-only: end this worker process abruptly, once per run (a marker file remembers)."""
-    testing = settings.config.testing
-    if after_metrics_logged:
-        if testing.kill_after_logging_at_epoch != epoch or rank != 0:
-            return
-        moment = "after-logging"
-    else:
-        if testing.kill_at_epoch != epoch or mid_epoch is None:
-            return
-        # Mid-epoch kills happen before the epoch's middle step, on the last worker.
-        first = (epoch - 1) * settings.iterations_per_epoch + 1
-        if mid_epoch != first + settings.iterations_per_epoch // 2:
-            return
-        context = ray.train.get_context()
-        rank = context.get_world_rank()
-        if rank != context.get_world_size() - 1:
-            return
-        moment = "mid-epoch"
-    marker = Path(settings.run_folder) / f".testing-killed-{moment}-epoch-{epoch}"
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("killed by a testing.* setting\n")
-    print(f"[testing] worker rank {rank} exits abruptly ({moment}, epoch {epoch})", flush=True)
-    os._exit(1)
 
 
 def _open_tracker(settings: LoopSettings) -> Any:

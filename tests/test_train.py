@@ -14,8 +14,9 @@ from pipeline.config import ConfigError, ExperimentConfig, config_to_yaml, load_
 from pipeline.datasets.synthetic import write_synthetic
 from pipeline.majority_baseline import majority_class_miou
 from pipeline.run_checkpoints import best_checkpoint, latest_checkpoint
+from pipeline.run_records import CONFIG_FILE, default_run_name
 from pipeline.tracking import find_run
-from pipeline.train import CONFIG_FILE, TrainOutcome, default_run_name, train
+from pipeline.train import TrainOutcome, train
 from pipeline.train_state import read_progress
 
 EPOCH_METRICS = ("train_loss", "lr", "images_per_s", "epoch_time_s")

@@ -127,7 +127,7 @@ def registered_checkpoint(storage: Path) -> bool:
 def test_a_killed_driver_resubmitted_by_name_resumes_and_a_finished_run_says_complete(
     ray_session, tmp_path
 ):
-    config = tiny_config(tmp_path, "optimization.epochs=3")
+    config = tiny_config(tmp_path)
     config_file = tmp_path / "resumable.yaml"
     config_file.write_text(config_to_yaml(config))
 
@@ -152,7 +152,7 @@ def test_a_killed_driver_resubmitted_by_name_resumes_and_a_finished_run_says_com
     resumed = run_job("--config", str(config_file), "--name", "resumable")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming resumable after epoch" in resumed.stdout + resumed.stderr
-    assert metric_steps(config, "resumable", "train_loss") == [1, 2, 3]
+    assert metric_steps(config, "resumable", "train_loss") == [1, 2]
 
     again = run_job("--config", str(config_file), "--name", "resumable", timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
