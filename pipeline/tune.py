@@ -18,6 +18,7 @@ import dataclasses
 import math
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,8 @@ from pipeline.typed_config import ConfigError
 
 # Tune's own time axis: one reported result per training epoch.
 TIME_ATTRIBUTE = "training_iteration"
+# Read by Ray's State API client in every Ray process (ray.util.state).
+API_SERVER_ADDRESS_VARIABLE = "RAY_API_SERVER_ADDRESS"
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,7 @@ def run_search(
     trainable = _trainable(config, context, tune_section)
 
     if not ray.is_initialized():
-        ray.init()
+        init_local_ray()
     resumed = tune.Tuner.can_restore(str(experiment_path))
     if resumed:
         tuner = tune.Tuner.restore(str(experiment_path), trainable, resume_errored=True)
@@ -264,6 +267,31 @@ def run_search(
         wall_time_s=time.perf_counter() - started,
         table=format_trials_table(rows, tune_section.metric, tune_section.mode),
     )
+
+
+def init_local_ray(**init_options: Any) -> None:
+    """Start a local Ray instance (with its dashboard) that its own processes can find.
+
+    Ray Train's placement-group cleaner, a detached actor, asks the State API whether a
+    trial's training controller is still alive. Without an address it guesses the cluster,
+    and when several Ray instances run on one machine (other users' jobs, test sessions) the
+    guess raises, the cleaner dies, and the placement group of every trial ASHA stops is never
+    removed: later trials then wait for CPUs forever. So the dashboard (which serves the State
+    API) gets a known port, and its URL is put in the environment every Ray process of this
+    instance inherits. `init_options` go to `ray.init` (e.g. num_cpus, _temp_dir).
+    """
+    port = free_local_port()
+    os.environ[API_SERVER_ADDRESS_VARIABLE] = f"http://127.0.0.1:{port}"
+    ray.init(
+        include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **init_options
+    )
+
+
+def free_local_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def run_trial(

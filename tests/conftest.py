@@ -34,12 +34,15 @@ def ray_session() -> Iterator[None]:
     """
     import ray
 
+    from pipeline.tune import API_SERVER_ADDRESS_VARIABLE, init_local_ray
+
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    ray.init(
+    saved_api_address = os.environ.get(API_SERVER_ADDRESS_VARIABLE)
+    # With the dashboard and its address known to every Ray process, the State API works even
+    # beside other Ray instances on this machine: Train's placement-group cleaner needs it,
+    # without it a Tune trial stopped by ASHA never frees its workers' resources.
+    init_local_ray(
         num_cpus=2,
-        # The dashboard serves the State API, which Train's placement-group cleaner needs:
-        # without it a Tune trial stopped by ASHA never frees its workers' resources.
-        include_dashboard=True,
         object_store_memory=1_000_000_000,
         _temp_dir=temp_dir,
         configure_logging=False,
@@ -50,3 +53,7 @@ def ray_session() -> Iterator[None]:
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+        if saved_api_address is None:
+            os.environ.pop(API_SERVER_ADDRESS_VARIABLE, None)
+        else:
+            os.environ[API_SERVER_ADDRESS_VARIABLE] = saved_api_address

@@ -187,6 +187,9 @@ def test_the_best_trial_ignores_trials_without_a_value() -> None:
 # Real searches: Ray Tune on the shared local Ray instance, MLflow in a SQLite store
 
 USELESS_LR = 1e-9  # never improves the model, so ASHA must stop it at its first rung
+# AdamW's first steps move every weight by about the learning rate, so these rates lower the
+# training loss well within the first tiny epoch, far below the untrained loss of USELESS_LR.
+GOOD_RATES = [3e-3, 2e-3, 1e-3]
 EPOCHS = 3
 
 
@@ -238,20 +241,25 @@ def test_a_grid_search_logs_every_trial_stops_the_useless_one_and_records_the_be
     # epoch val mIoU barely separates the trials, while the loss of a rate of 1e-9 stays at
     # its initial value and every real rate lowers it, so the decision is deterministic.
     config = tiny_search_config(
-        tmp_path, [0.05, 0.03, 0.02, USELESS_LR], "tune.metric=train_loss", "tune.mode=min"
+        tmp_path,
+        [*GOOD_RATES, USELESS_LR],
+        "optimization.optimizer=adamw",
+        "tune.metric=train_loss",
+        "tune.mode=min",
     )
     outcome = run_search(config, "grid-spec")
 
     assert not outcome.interrupted
     assert len(outcome.trials) == 4
     by_lr = {row.parameters["lr"]: row for row in outcome.trials}
-    assert by_lr[0.05].status == COMPLETED
-    assert by_lr[0.05].epochs_run == EPOCHS
+    best_rate = GOOD_RATES[0]
+    assert by_lr[best_rate].status == COMPLETED  # the first trial has no rival at its rungs
+    assert by_lr[best_rate].epochs_run == EPOCHS
     assert by_lr[USELESS_LR].status == STOPPED_EARLY
     assert by_lr[USELESS_LR].epochs_run < EPOCHS
 
     runs = child_runs_by_lr(config, outcome.parent_run_id)
-    assert sorted(runs) == sorted([0.05, 0.03, 0.02, USELESS_LR])
+    assert sorted(runs) == sorted([*GOOD_RATES, USELESS_LR])
     client = MlflowClient(config.tracking.tracking_uri)
     for lr, run in runs.items():
         row = by_lr[lr]
@@ -263,7 +271,7 @@ def test_a_grid_search_logs_every_trial_stops_the_useless_one_and_records_the_be
     stopped = runs[USELESS_LR]
     assert stopped.data.tags[TRIAL_STATUS_TAG] == STOPPED_EARLY
     assert stopped.info.status == "KILLED"
-    assert runs[0.05].info.status == "FINISHED"
+    assert runs[best_rate].info.status == "FINISHED"
 
     parent = client.get_run(outcome.parent_run_id)
     assert outcome.best is not None and outcome.best.parameters["lr"] != USELESS_LR
