@@ -115,13 +115,22 @@ def format_runs_table(summaries: list[RunSummary], metric: str) -> str:
             [
                 str(rank),
                 summary.name,
-                *(summary.parameters.get(label, "") for label, _ in SUMMARY_PARAMETERS),
+                *(_short(summary.parameters.get(label, "")) for label, _ in SUMMARY_PARAMETERS),
                 f"{summary.best:.4f}",
                 str(summary.epochs),
                 status,
             ]
         )
     return render_table(columns, rows)
+
+
+def _short(value: str) -> str:
+    """A parameter as shown in a table: sampled floats to 3 significant digits."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() or "." not in value else f"{number:.3g}"
 
 
 def render_table(columns: list[str], rows: list[list[str]]) -> str:
