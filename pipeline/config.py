@@ -22,6 +22,7 @@ from pipeline.typed_config import (
     apply_override,
     build_dataclass,
     is_section,
+    load_yaml,
     scalar_text,
     to_plain,
 )
@@ -219,7 +220,7 @@ def load_config(
             raise ConfigError(
                 f"config file {config_file} does not exist; pass an existing YAML file"
             )
-        loaded = yaml.safe_load(config_file.read_text())
+        loaded = load_yaml(config_file.read_text())
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{config_file}: the top level must be a mapping of sections")
         raw = loaded or {}

@@ -14,11 +14,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.config import ExperimentConfig, config_from_dict
 from pipeline.paths import apcnet_home
 from pipeline.run_checkpoints import run_folder
+from pipeline.typed_config import load_yaml
 
 COMPLETE_MARKER = "COMPLETE.json"
 CONFIG_FILE = "config.yaml"
@@ -41,7 +40,7 @@ def stored_config(run_name: str, storage_path: Path) -> ExperimentConfig | None:
     path = run_folder(run_name, storage_path) / CONFIG_FILE
     if not path.is_file():
         return None
-    return config_from_dict(yaml.safe_load(path.read_text()), source=str(path))
+    return config_from_dict(load_yaml(path.read_text()), source=str(path))
 
 
 def completed_summary(run_name: str, storage_path: Path) -> dict[str, Any] | None:

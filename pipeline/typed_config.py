@@ -7,6 +7,7 @@ ConfigError naming the dotted key, the expected type and the offending value.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import MISSING, fields, is_dataclass
 from types import UnionType
@@ -17,6 +18,33 @@ import yaml
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the tree; the message says what to fix."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but reading `1e-4` as a float as YAML 1.2 does.
+
+    YAML 1.1 (PyYAML's dialect) demands a dot in scientific notation, so `lr: 1e-4` would be
+    the string "1e-4"; every other tool a user copies learning rates from writes it that way.
+    """
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse config YAML (safe: plain data only), with YAML 1.2 floats such as `1e-4`."""
+    return yaml.load(text, Loader=_ConfigLoader)
 
 
 def apply_override(raw: dict[str, Any], override: str, root_type: type) -> None:
@@ -74,7 +102,7 @@ def _field_default(section_type: type, name: str) -> Any:
 def _parse_override_value(text: str, expected: Any) -> Any:
     """YAML-parse the text; keep the raw text when a string is expected and YAML made a scalar."""
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = load_yaml(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
     if isinstance(value, bool | int | float) and _accepts_str(expected):

@@ -56,6 +56,15 @@ def test_an_int_is_accepted_where_a_float_is_declared():
     assert config.optimization.lr == 1.0 and isinstance(config.optimization.lr, float)
 
 
+def test_scientific_notation_without_a_dot_is_a_float_in_files_and_overrides(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("optimization:\n  weight_decay: 5e-4\n")
+    config = load_config(config_file, ["optimization.lr=1e-2", "schedule.min_lr=1E-4"])
+    assert config.optimization.weight_decay == 5e-4
+    assert config.optimization.lr == 1e-2
+    assert config.schedule.min_lr == 1e-4
+
+
 def test_a_string_field_keeps_numeric_looking_text_as_text():
     config = load_config(None, ["tracking.experiment_name=2024"])
     assert config.tracking.experiment_name == "2024"
