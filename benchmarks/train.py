@@ -122,6 +122,8 @@ def submit_to_first_step(args: argparse.Namespace, work: Path) -> float:
         f"--dashboard-port={dashboard_port}",
         *(f"{flag}={port}" for flag, port in ports.items()),
         f"--temp-dir={temp_dir}",
+        f"--num-cpus={os.cpu_count()}",
+        "--object-store-memory=1000000000",
         "--disable-usage-stats",
         "--include-dashboard=true",
     ]
@@ -129,7 +131,11 @@ def submit_to_first_step(args: argparse.Namespace, work: Path) -> float:
     config_file = work / "submit.yaml"
     config_file.write_text(config_to_yaml(config))
     try:
-        subprocess.run(start, env=environment, check=True, capture_output=True, timeout=180)
+        started = subprocess.run(
+            start, env=environment, capture_output=True, text=True, timeout=180
+        )
+        if started.returncode != 0:
+            raise RuntimeError(f"ray start failed:\n{started.stdout}\n{started.stderr}")
         submitted_at = time.time()
         subprocess.run(
             [
@@ -195,6 +201,9 @@ def main() -> None:
     one = throughput(args, 1, work)
     two = throughput(args, 2, work)
     ray.shutdown()
+    print(
+        f"throughput images/s: 1 worker {one['images_per_s']:.2f}, 2 workers {two['images_per_s']:.2f}"
+    )
     submit_latency = None if args.skip_submit else submit_to_first_step(args, work)
 
     results = {
