@@ -56,7 +56,8 @@ class DataSection:
 
     `path` is a shard folder or its manifest.json (local, NFS, s3://, gs://). When it is None
     the synthetic set described by `synthetic` is prepared under `<home>/data/` and used.
-    `seed` makes shuffling and augmentation reproducible (per sample and epoch).
+    `seed` makes shuffling, augmentation (per sample and epoch) and the model's initial weights
+    reproducible.
     """
 
     path: str | None = None

@@ -86,7 +86,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
     features = device_features(config.scaling, device, world_size)
 
-    model = build_training_model(config.model, settings.description, features, device)
+    model = build_training_model(
+        config.model,
+        settings.description,
+        features,
+        device,
+        seed=config.data.seed,
+        rank=rank,
+    )
     optimizer = _build_optimizer(model, config)
     scheduler = PolyLR(
         optimizer,

@@ -53,8 +53,16 @@ def build_training_model(
     run: RunDescription,
     features: DeviceFeatures,
     device: torch.device,
+    seed: int,
+    rank: int = 0,
 ) -> nn.Module:
-    """A fresh APCNet for the run's classes, on `device`, with the resolved device features."""
+    """A fresh APCNet for the run's classes, on `device`, with the resolved device features.
+
+    The initial weights depend only on `seed`, so a run (or a Tune trial) is reproducible and
+    every worker starts identical. Afterwards each rank reseeds differently so dropout masks
+    are not the same on every worker.
+    """
+    torch.manual_seed(seed)
     model: nn.Module = APCNet(
         num_classes=len(run.class_names),
         backbone=model_config.backbone,
@@ -72,4 +80,5 @@ def build_training_model(
     model = model.to(device)
     if features.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    torch.manual_seed(seed + 1 + rank)
     return model
