@@ -1,4 +1,4 @@
-# Two entry points (README.md): `make demo` runs the main job on the embedded defaults,
+# Two entry points (README.md): `make train` runs the main job on the embedded defaults,
 # `make test` runs ruff and the test suite. Both create or refresh .venv first.
 #
 # .venv is a link to a virtual environment cached outside the clone, keyed by a hash of the
@@ -10,12 +10,12 @@ PIN_HASH := $(shell $(PYTHON) tools/pin_hash.py)
 VENV_DIR := $(VENV_CACHE)/$(PIN_HASH)
 VENV_PY := .venv/bin/python
 
-.PHONY: venv demo test lint format clean-venv
+.PHONY: venv train test format clean-venv
 
 venv:
 	@$(PYTHON) tools/make_venv.py --python $(PYTHON) --cache-dir "$(VENV_DIR)" --link .venv
 
-demo: venv
+train: venv
 	$(VENV_PY) jobs/train.py
 
 test: venv
