@@ -11,56 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 import ray
+from training_helpers import metric_steps, tiny_config
 
-from pipeline.config import ExperimentConfig, config_to_yaml, load_config
-from pipeline.datasets.synthetic import write_synthetic
+from pipeline.config import config_to_yaml
 from pipeline.run_checkpoints import latest_checkpoint
-from pipeline.tracking import find_run
 from pipeline.train import NonFiniteLossError, train
 from pipeline.train_state import read_progress
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def tiny_config(root: Path, *overrides: str) -> ExperimentConfig:
-    """resnet18 with a narrow head, 32 px crops, 8 train / 4 val images, 2 epochs, 2 workers;
-    iterations_per_epoch = (8 // 2 workers) // 2 per worker = 2."""
-    data = root / "data"
-    if not (data / "manifest.json").exists():
-        write_synthetic(data, num_train=8, num_val=4, size=32, seed=0)
-    return load_config(
-        None,
-        [
-            f"data.path={data}",
-            "data.augmentation.crop_size=[32, 32]",
-            "data.augmentation.scale_range=[1.0, 1.0]",
-            "model.backbone=resnet18",
-            "model.channels=64",
-            "model.pool_scales=[1, 2]",
-            "optimization.batch_size=4",
-            "optimization.epochs=2",
-            "scaling.num_workers=2",
-            "scaling.process_group_timeout_s=60",
-            f"checkpointing.storage_path={root / 'runs'}",
-            f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
-            "tracking.experiment_name=faults",
-            *overrides,
-        ],
-    )
-
-
-def metric_steps(config: ExperimentConfig, run_name: str, key: str) -> list[int]:
-    run = find_run(
-        run_name,
-        tracking_uri=config.tracking.tracking_uri,
-        experiment=config.tracking.experiment_name,
-    )
-    assert run is not None, f"no MLflow run named {run_name}"
-    client = mlflow.MlflowClient(tracking_uri=config.tracking.tracking_uri)
-    return sorted(metric.step for metric in client.get_metric_history(run.info.run_id, key))
 
 
 @pytest.mark.slow
