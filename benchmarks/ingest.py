@@ -1,12 +1,15 @@
 """Training ingest throughput: Ray Data pipeline vs a torch DataLoader doing the same work.
 
-Writes N synthetic VOC-sized JPEGs (about 500x375) with masks into a temporary shard set,
-then measures images/s of decode + augment at a 512 crop through:
+Writes N synthetic VOC-sized JPEGs (about 500x375) with masks into temporary shard sets, then
+measures images/s of decode + augment at a 512 crop through:
 - torch.utils.data.DataLoader with W worker processes (the baseline), and
-- `pipeline.data.train_dataset` under several Ray Data settings (IngestOptions),
-all in one run, and reports each as a ratio to the DataLoader. Also times the decoders.
+- `pipeline.data.train_dataset` under named Ray Data variants (IngestOptions, the consumer's
+  local shuffle buffer, the shards' row-group size),
+interleaved in rounds (DataLoader, then every variant, repeated), so a noisy machine slows
+them alike; each variant's ratio is taken against the DataLoader of its own round and the
+median over rounds is reported. Also times the decoders.
 
-    python benchmarks/ingest.py --num-images 200 --workers 2 --output benchmarks/out/ingest.json
+    python benchmarks/ingest.py --num-images 200 --workers 2 --repeats 3 --variants all
 """
 
 import sys
@@ -17,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import argparse
 import io
 import json
+import os
+import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -42,7 +47,7 @@ from pipeline.transforms import (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Measurement:
     name: str
     images: int
@@ -72,11 +77,13 @@ def synthetic_row(index: int, rng: np.random.Generator) -> ShardRow:
     )
 
 
-def write_benchmark_shards(root: Path, num_images: int) -> Manifest:
-    rng = np.random.default_rng(0)
-    with ShardWriter(root, "train", max_rows=max(1, num_images // 4)) as writer:
-        for index in range(num_images):
-            writer.write(synthetic_row(index, rng))
+def write_benchmark_shards(root: Path, rows: list[ShardRow], row_group_rows: int) -> Manifest:
+    """Four shard files of the given rows, cut into row groups of `row_group_rows`."""
+    with ShardWriter(
+        root, "train", max_rows=max(1, len(rows) // 4), row_group_rows=row_group_rows
+    ) as writer:
+        for row in rows:
+            writer.write(row)
         split = writer.close()
     write_manifest(
         root,
@@ -87,7 +94,7 @@ def write_benchmark_shards(root: Path, num_images: int) -> Manifest:
             palette=tuple((k, k, k) for k in range(21)),
             ignore_index=255,
             splits={"train": split},
-            converter={"name": "benchmarks/ingest.py"},
+            converter={"name": "benchmarks/ingest.py", "row_group_rows": row_group_rows},
         ),
     )
     return load_manifest(root)
@@ -127,19 +134,56 @@ def measure_dataloader(
     return Measurement(f"DataLoader workers={workers}", images, time.perf_counter() - start)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One Ray Data setting: how train_dataset runs, how it is consumed, how shards are cut."""
+
+    ingest: IngestOptions
+    local_shuffle_buffer: int | None = None
+    row_group_rows: int = 64
+
+
+VARIANTS: dict[str, Variant] = {
+    "default": Variant(IngestOptions()),
+    "rows b8 (previous default)": Variant(IngestOptions(shuffle="rows")),
+    "files b8": Variant(IngestOptions(shuffle="files")),
+    "files b8 + local buffer 32": Variant(IngestOptions(shuffle="files"), 32),
+    "window64 b8": Variant(IngestOptions(shuffle="window")),
+    "window64 b8 + local buffer 32": Variant(IngestOptions(shuffle="window"), 32),
+    "window64 b2": Variant(IngestOptions(shuffle="window", batch_size=2)),
+    "window64 b32": Variant(IngestOptions(shuffle="window", batch_size=32)),
+    "window16 b8": Variant(IngestOptions(shuffle="window", shuffle_window=16)),
+    "window64 b8 cpus0.5": Variant(IngestOptions(shuffle="window", num_cpus=0.5)),
+    "window64 b8 concurrency2": Variant(IngestOptions(shuffle="window", concurrency=2)),
+    "window64 b8 actors2 cpus0.5": Variant(
+        IngestOptions(shuffle="window", actors=True, concurrency=2, num_cpus=0.5)
+    ),
+    "window64 b8 unsplit reads": Variant(IngestOptions(shuffle="window", split_reads=False)),
+    "files b8 unsplit reads": Variant(IngestOptions(shuffle="files", split_reads=False)),
+    "window64 b8 row groups 8": Variant(IngestOptions(shuffle="window"), row_group_rows=8),
+    "rows b8 row groups 8": Variant(IngestOptions(shuffle="rows"), row_group_rows=8),
+}
+QUICK_VARIANTS = ("default", "rows b8 (previous default)")
+
+
 def measure_ray(
-    manifest: Manifest, config: AugmentationConfig, ingest: IngestOptions, batch_size: int
+    manifest: Manifest,
+    config: AugmentationConfig,
+    name: str,
+    variant: Variant,
+    batch_size: int,
+    epoch: int,
 ) -> Measurement:
-    dataset = train_dataset(manifest, "train", config, seed=0, epoch=0, ingest=ingest)
+    """One epoch of train_dataset, consumed like the training loop (iter_torch_batches)."""
+    dataset = train_dataset(manifest, "train", config, seed=0, epoch=epoch, ingest=variant.ingest)
     start = time.perf_counter()
-    images = sum(
-        batch["image"].shape[0]
-        for batch in dataset.iter_torch_batches(batch_size=batch_size, prefetch_batches=2)
+    batches = dataset.iter_torch_batches(
+        batch_size=batch_size,
+        prefetch_batches=2,
+        local_shuffle_buffer_size=variant.local_shuffle_buffer,
+        local_shuffle_seed=epoch if variant.local_shuffle_buffer else None,
     )
-    name = (
-        f"Ray Data batch={ingest.batch_size} cpus={ingest.num_cpus} "
-        f"shuffle={'rows' if ingest.full_shuffle else 'files'}"
-    )
+    images = sum(batch["image"].shape[0] for batch in batches)
     return Measurement(name, images, time.perf_counter() - start)
 
 
@@ -161,55 +205,115 @@ def measure_decoders(manifest: Manifest, repeats: int = 50) -> dict[str, float]:
     }
 
 
+@dataclass(frozen=True)
+class Summary:
+    """A pipeline's rounds: median images/s, and its ratio to each round's DataLoader."""
+
+    name: str
+    images_per_second: list[float]
+    ratios: list[float]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "images_per_second": self.images_per_second,
+            "median_images_per_second": statistics.median(self.images_per_second),
+            "ratios_to_dataloader": self.ratios,
+            "median_ratio_to_dataloader": statistics.median(self.ratios),
+        }
+
+
+def run_rounds(
+    manifests: dict[int, Manifest],
+    config: AugmentationConfig,
+    names: list[str],
+    args: argparse.Namespace,
+) -> list[Summary]:
+    """DataLoader then every variant, `args.repeats` times; variant order rotates per round."""
+    speeds: dict[str, list[float]] = {name: [] for name in ["DataLoader", *names]}
+    ratios: dict[str, list[float]] = {name: [] for name in speeds}
+    for round_index in range(args.repeats):
+        baseline = measure_dataloader(manifests[64], config, args.workers, args.batch_size)
+        speeds["DataLoader"].append(baseline.images_per_second)
+        ratios["DataLoader"].append(1.0)
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            variant = VARIANTS[name]
+            manifest = manifests[variant.row_group_rows]
+            result = measure_ray(manifest, config, name, variant, args.batch_size, round_index)
+            speeds[name].append(result.images_per_second)
+            ratios[name].append(result.images_per_second / baseline.images_per_second)
+            print(
+                f"round {round_index}: {name:<32} {result.images_per_second:6.1f} img/s "
+                f"(DataLoader {baseline.images_per_second:6.1f})",
+                flush=True,
+            )
+    return [Summary(name, speeds[name], ratios[name]) for name in speeds]
+
+
+def chosen_variants(text: str) -> list[str]:
+    names = list(VARIANTS) if text == "all" else [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)} or 'all'")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-images", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--batch-size", type=int, default=8, help="training batch size")
     parser.add_argument("--crop", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    parser.add_argument(
+        "--variants",
+        default=",".join(QUICK_VARIANTS),
+        help=f"comma-separated names, or 'all': {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--output", default="benchmarks/out/ingest.json")
     args = parser.parse_args()
+    names = chosen_variants(args.variants)
 
     import ray
 
     config = AugmentationConfig(crop_size=(args.crop, args.crop), base_scale=(2048, 512))
+    rng = np.random.default_rng(0)
+    rows = [synthetic_row(index, rng) for index in range(args.num_images)]
+    row_group_sizes = {64} | {VARIANTS[name].row_group_rows for name in names}
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as folder:
-        manifest = write_benchmark_shards(Path(folder), args.num_images)
-        decoders = measure_decoders(manifest)
-        baseline = measure_dataloader(manifest, config, args.workers, args.batch_size)
+        manifests = {
+            size: write_benchmark_shards(Path(folder, f"groups{size}"), rows, size)
+            for size in sorted(row_group_sizes)
+        }
+        decoders = measure_decoders(manifests[64])
         ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
-        candidates = [
-            IngestOptions(batch_size=8, full_shuffle=True),
-            IngestOptions(batch_size=8, full_shuffle=False),
-            IngestOptions(batch_size=2, full_shuffle=False),
-            IngestOptions(batch_size=32, full_shuffle=False),
-        ]
-        results = [measure_ray(manifest, config, ingest, args.batch_size) for ingest in candidates]
-        ray.shutdown()
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        try:
+            summaries = run_rounds(manifests, config, names, args)
+        finally:
+            ray.shutdown()
 
-    rows = [baseline, *results]
-    print(f"{'pipeline':<48} {'images':>6} {'img/s':>8} {'ratio':>6}")
-    for result in rows:
-        ratio = result.images_per_second / baseline.images_per_second
+    print(f"\n{'pipeline':<34} {'median img/s':>12} {'median ratio':>12}  ratios per round")
+    for summary in summaries:
+        row = summary.as_json()
+        per_round = " ".join(f"{ratio:.2f}" for ratio in summary.ratios)
         print(
-            f"{result.name:<48} {result.images:>6} {result.images_per_second:>8.1f} {ratio:>6.2f}"
+            f"{summary.name:<34} {row['median_images_per_second']:>12.1f} "
+            f"{row['median_ratio_to_dataloader']:>12.2f}  {per_round}"
         )
     for name, milliseconds in decoders.items():
-        print(f"{name:<48} {milliseconds:>8.2f}")
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+        print(f"{name:<34} {milliseconds:>8.2f}")
+    variants = {name: asdict(VARIANTS[name]) for name in names}
     report = {
         "arguments": vars(args),
+        "load_average_after": list(os.getloadavg()),
         "decoders_ms": decoders,
-        "results": [
-            {
-                **asdict(result),
-                "images_per_second": result.images_per_second,
-                "ratio_to_dataloader": result.images_per_second / baseline.images_per_second,
-            }
-            for result in rows
-        ],
+        "variants": variants,
+        "results": [summary.as_json() for summary in summaries],
     }
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(report, indent=2))
     temporary.replace(output)

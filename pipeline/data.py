@@ -14,10 +14,18 @@ Randomness, and the guarantee given:
   each epoch gets fresh augmentation, reproducible from the seed. Pass `epoch=` to pin it
   instead (a dataset built per epoch by the caller, or a test). After a resume, build the
   dataset with `first_epoch=<epoch to resume at>`.
-- Row order is a full `random_shuffle` of the encoded rows, reseeded each pass from
-  (seed, first_epoch) and the execution index: random across epochs, reproducible from the
-  seed up to Ray's parallel task completion order (exact order needs
-  `DataContext.execution_options.preserve_order`).
+- Row order (default `IngestOptions.shuffle="window"`): every pass reads the shard files in
+  a new order, seeded from (seed, first_epoch) and the execution index, and permutes each
+  window of `shuffle_window` consecutive encoded rows with a generator seeded from (seed,
+  epoch, the window's first sample id). Random across epochs and reproducible from the seed
+  up to Ray's parallel task completion order (exact order needs
+  `DataContext.execution_options.preserve_order`). This is a windowed shuffle, not a
+  uniform one: rows of one shard stay within about `shuffle_window` rows of each other
+  before they reach the trainer, so shards should not be sorted by class (converters write
+  them in data set order), and a consumer may add `iter_torch_batches(...,
+  local_shuffle_buffer_size=..., local_shuffle_seed=epoch)` to mix further.
+  `shuffle="rows"` restores a full `random_shuffle` of the encoded rows (an all-to-all
+  exchange, measured about 2x slower on 2 CPUs, see benchmarks/ingest.py).
 
 Evaluation data keeps every image at its original size; see `eval_dataset`.
 """
@@ -25,9 +33,10 @@ Evaluation data keeps every image at its original size; see `eval_dataset`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from dataclasses import fields as fields_of
+from typing import Any, Literal
 
 import numpy as np
 import ray
@@ -50,22 +59,39 @@ TRAIN_SPLIT_NAMES = ("train",)
 SAMPLE_COLUMNS = ["id", "image", "mask"]
 
 
+ShuffleMode = Literal["rows", "window", "files"]
+SHUFFLE_MODES: tuple[ShuffleMode, ...] = ("rows", "window", "files")
+
+
 @dataclass(frozen=True)
 class IngestOptions:
     """Throughput knobs of the decode + augment stage (defaults measured by benchmarks/ingest.py).
 
-    batch_size: rows per map_batches call; small batches keep the stream flowing to the trainer.
-    num_cpus: CPUs reserved per decode/augment task.
-    concurrency: maximum parallel tasks (None: as many as the free CPUs allow).
-    full_shuffle: shuffle every row each epoch (an all-to-all over the encoded bytes); when
-        False only the order of shard files changes per epoch (use a local shuffle buffer
-        in `iter_torch_batches` then).
+    batch_size: rows per augmented output block; small blocks keep the stream flowing.
+    num_cpus: CPUs reserved per decode/augment task (or actor).
+    concurrency: maximum parallel tasks (None: as many as the free CPUs allow); with
+        `actors` the fixed size of the actor pool (None: one actor per whole CPU requested).
+    shuffle: how rows are reordered every epoch, always seeded from (seed, epoch):
+        "rows": a full `random_shuffle` of the encoded rows (an all-to-all exchange);
+        "window": shard files in a new order, then each run of `shuffle_window` encoded rows
+            permuted before decoding (no exchange, so reading, decoding and augmenting fuse
+            into one task);
+        "files": only the order of shard files changes.
+    shuffle_window: encoded rows permuted together in "window" mode (about 100 kB each for
+        VOC-sized JPEGs, so 64 rows hold a few MB before decoding).
+    actors: run decode/augment on a pool of long-lived actors instead of tasks.
+    split_reads: ask the reader for one block per augment call (`override_num_blocks`).
+        Without it Ray Data bundles small shard files into a single block, which a single
+        task then decodes alone while the other CPUs idle (measured: the main ingest gap).
     """
 
     batch_size: int = 8
     num_cpus: float = 1.0
     concurrency: int | None = None
-    full_shuffle: bool = True
+    shuffle: ShuffleMode = "window"
+    shuffle_window: int = 64
+    actors: bool = False
+    split_reads: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -76,6 +102,23 @@ class IngestOptions:
             raise ValueError(
                 f"IngestOptions.concurrency must be None or >= 1, got {self.concurrency}"
             )
+        if self.shuffle not in SHUFFLE_MODES:
+            raise ValueError(
+                f"IngestOptions.shuffle must be one of {SHUFFLE_MODES}, got {self.shuffle!r}"
+            )
+        if self.shuffle_window < 1:
+            raise ValueError(
+                f"IngestOptions.shuffle_window must be >= 1, got {self.shuffle_window}"
+            )
+
+    @property
+    def rows_per_call(self) -> int:
+        """Encoded rows handed to one augment call: a shuffle window or one output block."""
+        return self.shuffle_window if self.shuffle == "window" else self.batch_size
+
+    def read_blocks(self, rows: int, rows_per_block: int) -> int | None:
+        """`override_num_blocks` for a split of `rows` rows (None: Ray Data decides)."""
+        return max(1, -(-rows // rows_per_block)) if self.split_reads else None
 
 
 def sample_seed(seed: int, epoch: int, sample_id: str) -> list[int]:
@@ -93,24 +136,39 @@ def _current_pass() -> int:
 
 @dataclass(frozen=True)
 class _AugmentBatch:
-    """map_batches callable: encoded rows -> image float32 (B, 3, H, W), mask int64 (B, H, W)."""
+    """map_batches callable: encoded rows -> blocks of image float32 (B, 3, H, W), mask int64
+    (B, H, W), B <= batch_size; with `shuffle_window` the encoded rows are permuted first."""
 
     augmentation: AugmentationConfig
     seed: int
     first_epoch: int
     epoch: int | None
+    batch_size: int
+    shuffle_window: bool
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         epoch = self.epoch if self.epoch is not None else self.first_epoch + _current_pass()
-        crop_height, crop_width = self.augmentation.crop_size
         count = len(batch["id"])
-        images = np.empty((count, 3, crop_height, crop_width), dtype=np.float32)
-        masks = np.empty((count, crop_height, crop_width), dtype=np.int64)
-        for index in range(count):
+        order = np.arange(count)
+        if self.shuffle_window and count > 1:
+            # The window's content is fixed by the (seeded) file order, so seeding from its
+            # first row makes the permutation reproducible without any shared state.
+            window_seed = sample_seed(self.seed, epoch, f"window:{batch['id'][0]}")
+            order = np.random.default_rng(window_seed).permutation(count)
+        for start in range(0, count, self.batch_size):
+            yield self._augment(batch, order[start : start + self.batch_size], epoch)
+
+    def _augment(
+        self, batch: dict[str, np.ndarray], indices: np.ndarray, epoch: int
+    ) -> dict[str, np.ndarray]:
+        crop_height, crop_width = self.augmentation.crop_size
+        images = np.empty((len(indices), 3, crop_height, crop_width), dtype=np.float32)
+        masks = np.empty((len(indices), crop_height, crop_width), dtype=np.int64)
+        for position, index in enumerate(indices):
             sample_id = str(batch["id"][index])
-            image, mask = _decode_pair(batch, index)
+            image, mask = _decode_pair(batch, int(index))
             rng = np.random.default_rng(sample_seed(self.seed, epoch, sample_id))
-            images[index], masks[index] = augment_sample(image, mask, self.augmentation, rng)
+            images[position], masks[position] = augment_sample(image, mask, self.augmentation, rng)
         return {"image": images, "mask": masks}
 
 
@@ -158,16 +216,41 @@ def train_dataset(
     dataset = ray.data.read_parquet(
         manifest.shard_uris(split),
         shuffle=ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True),
+        override_num_blocks=ingest.read_blocks(manifest.splits[split].rows, ingest.rows_per_call),
     ).select_columns(SAMPLE_COLUMNS)
-    if ingest.full_shuffle:
+    if ingest.shuffle == "rows":
         dataset = dataset.random_shuffle(seed=reseeded)
-    return dataset.map_batches(
-        _AugmentBatch(augmentation, seed, first_epoch, epoch),
+    augment = _AugmentBatch(
+        augmentation,
+        seed,
+        first_epoch,
+        epoch,
         batch_size=ingest.batch_size,
-        batch_format="numpy",
-        num_cpus=ingest.num_cpus,
-        concurrency=ingest.concurrency,
-        zero_copy_batch=True,
+        shuffle_window=ingest.shuffle == "window",
+    )
+    return _map_encoded_rows(dataset, augment, ingest)
+
+
+def _map_encoded_rows(
+    dataset: ray.data.Dataset, function: Any, ingest: IngestOptions
+) -> ray.data.Dataset:
+    """Apply a frozen-dataclass batch callable on tasks, or on an actor pool (one copy each)."""
+    options: dict[str, Any] = {
+        "batch_size": ingest.rows_per_call,
+        "batch_format": "numpy",
+        "num_cpus": ingest.num_cpus,
+        "zero_copy_batch": True,
+    }
+    if not ingest.actors:
+        tasks = ray.data.TaskPoolStrategy(size=ingest.concurrency)
+        return dataset.map_batches(function, compute=tasks, **options)
+    pool_size = ingest.concurrency or max(1, int(ray.available_resources().get("CPU", 1)))
+    fields = {field.name: getattr(function, field.name) for field in fields_of(function)}
+    return dataset.map_batches(
+        type(function),
+        fn_constructor_kwargs=fields,
+        compute=ray.data.ActorPoolStrategy(size=pool_size),
+        **options,
     )
 
 
@@ -223,13 +306,16 @@ def eval_dataset(
     ingest = ingest or IngestOptions()
     if len(mean) != 3 or len(std) != 3:
         raise ValueError(f"eval_dataset: mean and std need 3 RGB values, got {mean}, {std}")
-    dataset = ray.data.read_parquet(manifest.shard_uris(split)).select_columns(SAMPLE_COLUMNS)
+    dataset = ray.data.read_parquet(
+        manifest.shard_uris(split),
+        override_num_blocks=ingest.read_blocks(manifest.splits[split].rows, ingest.batch_size),
+    ).select_columns(SAMPLE_COLUMNS)
     return dataset.map_batches(
         _NormalizeBatch(tuple(mean), tuple(std), keep_uint8),
         batch_size=ingest.batch_size,
         batch_format="numpy",
         num_cpus=ingest.num_cpus,
-        concurrency=ingest.concurrency,
+        compute=ray.data.TaskPoolStrategy(size=ingest.concurrency),
         zero_copy_batch=True,
     )
 

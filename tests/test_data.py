@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data import data_config, eval_dataset, train_dataset
+from pipeline.data import IngestOptions, data_config, eval_dataset, train_dataset
 from pipeline.shards import Manifest, ShardRow, ShardWriter, load_manifest, write_manifest
 from pipeline.transforms import AugmentationConfig, decode_image, decode_mask, normalize
 
@@ -20,6 +20,9 @@ COLOURS = np.array(
 )
 SIZES = [(40, 56), (64, 48), (37, 91), (80, 80), (52, 60), (45, 70), (66, 33)]
 CROP = AugmentationConfig(crop_size=(32, 48), scale_range=(0.5, 2.0), flip_prob=0.5)
+# No rescale, no flip, a crop larger than every image: each sample comes out the same in every
+# epoch, so only the row order can differ between passes.
+FIXED = AugmentationConfig(crop_size=(96, 96), scale_range=(1.0, 1.0), flip_prob=0.0)
 
 
 def png(array: np.ndarray) -> bytes:
@@ -119,6 +122,41 @@ def test_each_pass_is_a_new_epoch_reproducible_from_the_seed(ray_session, manife
     assert passes[0] != passes[1]
     assert [sample_fingerprints(again) for _ in range(2)] == passes
     assert passes[1] == sample_fingerprints(train_dataset(manifest, "train", CROP, seed=9, epoch=1))
+
+
+def samples_in_order(dataset) -> list[str]:
+    """Digests of every (image, mask) row in the order the dataset yields them."""
+    return [
+        hashlib.sha1(image.tobytes() + mask.tobytes()).hexdigest()
+        for batch in dataset.iter_batches(batch_size=4, batch_format="numpy")
+        for image, mask in zip(batch["image"], batch["mask"], strict=True)
+    ]
+
+
+def test_row_order_is_reshuffled_each_epoch_and_reproducible(ray_session, manifest):
+    def order(epoch: int) -> list[str]:
+        return samples_in_order(train_dataset(manifest, "train", FIXED, seed=4, epoch=epoch))
+
+    first, again, next_epoch = order(0), order(0), order(1)
+    assert first == again
+    assert sorted(next_epoch) == sorted(first) and next_epoch != first
+
+
+def test_every_shuffle_mode_yields_each_sample_once(ray_session, manifest):
+    expected = None
+    for mode in ("window", "files", "rows"):
+        ingest = IngestOptions(shuffle=mode, batch_size=2)
+        samples = sample_fingerprints(
+            train_dataset(manifest, "train", FIXED, seed=1, epoch=0, ingest=ingest)
+        )
+        assert len(set(samples)) == len(SIZES), mode
+        expected = expected or samples
+        assert samples == expected, mode
+
+
+def test_ingest_options_reject_an_unknown_shuffle_mode():
+    with pytest.raises(ValueError, match=r"IngestOptions\.shuffle"):
+        IngestOptions(shuffle="blocks")  # type: ignore[arg-type]
 
 
 def test_evaluation_reads_every_image_once_at_original_size(ray_session, manifest):
