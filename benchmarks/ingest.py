@@ -145,23 +145,34 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {
     "default": Variant(IngestOptions()),
-    "rows b8 (previous default)": Variant(IngestOptions(shuffle="rows")),
-    "files b8": Variant(IngestOptions(shuffle="files")),
-    "files b8 + local buffer 32": Variant(IngestOptions(shuffle="files"), 32),
-    "window64 b8": Variant(IngestOptions(shuffle="window")),
-    "window64 b8 + local buffer 32": Variant(IngestOptions(shuffle="window"), 32),
+    "rows b8 (previous default)": Variant(IngestOptions(shuffle="rows", batch_size=8)),
+    "files b8": Variant(IngestOptions(shuffle="files", batch_size=8)),
+    "files b8 + local buffer 32": Variant(IngestOptions(shuffle="files", batch_size=8), 32),
+    "window64 b8": Variant(IngestOptions(shuffle="window", batch_size=8)),
+    "window64 b8 + local buffer 32": Variant(IngestOptions(shuffle="window", batch_size=8), 32),
     "window64 b2": Variant(IngestOptions(shuffle="window", batch_size=2)),
     "window64 b32": Variant(IngestOptions(shuffle="window", batch_size=32)),
-    "window16 b8": Variant(IngestOptions(shuffle="window", shuffle_window=16)),
-    "window64 b8 cpus0.5": Variant(IngestOptions(shuffle="window", num_cpus=0.5)),
-    "window64 b8 concurrency2": Variant(IngestOptions(shuffle="window", concurrency=2)),
-    "window64 b8 actors2 cpus0.5": Variant(
-        IngestOptions(shuffle="window", actors=True, concurrency=2, num_cpus=0.5)
+    "window64 b32 unsplit reads": Variant(
+        IngestOptions(shuffle="window", batch_size=32, split_reads=False)
     ),
-    "window64 b8 unsplit reads": Variant(IngestOptions(shuffle="window", split_reads=False)),
-    "files b8 unsplit reads": Variant(IngestOptions(shuffle="files", split_reads=False)),
-    "window64 b8 row groups 8": Variant(IngestOptions(shuffle="window"), row_group_rows=8),
-    "rows b8 row groups 8": Variant(IngestOptions(shuffle="rows"), row_group_rows=8),
+    "window16 b8": Variant(IngestOptions(shuffle="window", batch_size=8, shuffle_window=16)),
+    "window64 b8 cpus0.5": Variant(IngestOptions(shuffle="window", batch_size=8, num_cpus=0.5)),
+    "window64 b8 concurrency2": Variant(
+        IngestOptions(shuffle="window", batch_size=8, concurrency=2)
+    ),
+    "window64 b8 actors2 cpus0.5": Variant(
+        IngestOptions(shuffle="window", batch_size=8, actors=True, concurrency=2, num_cpus=0.5)
+    ),
+    "window64 b8 unsplit reads": Variant(
+        IngestOptions(shuffle="window", batch_size=8, split_reads=False)
+    ),
+    "files b8 unsplit reads": Variant(
+        IngestOptions(shuffle="files", batch_size=8, split_reads=False)
+    ),
+    "window64 b8 row groups 8": Variant(
+        IngestOptions(shuffle="window", batch_size=8), row_group_rows=8
+    ),
+    "rows b8 row groups 8": Variant(IngestOptions(shuffle="rows", batch_size=8), row_group_rows=8),
 }
 QUICK_VARIANTS = ("default", "rows b8 (previous default)")
 
