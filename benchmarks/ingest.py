@@ -241,6 +241,9 @@ def run_rounds(
     args: argparse.Namespace,
 ) -> list[Summary]:
     """DataLoader then every variant, `args.repeats` times; variant order rotates per round."""
+    # One unmeasured epoch first: Ray starts its worker processes (each imports torch) once
+    # per cluster, while DataLoader workers fork an already-imported process every epoch.
+    measure_ray(manifests[64], config, "warm-up", VARIANTS["default"], args.batch_size, 1000)
     speeds: dict[str, list[float]] = {name: [] for name in ["DataLoader", *names]}
     ratios: dict[str, list[float]] = {name: [] for name in speeds}
     for round_index in range(args.repeats):
