@@ -24,9 +24,10 @@ Randomness, and the guarantee given:
   before they reach the trainer, so shards should not be sorted by class (converters write
   them in data set order), and a consumer may add `iter_torch_batches(...,
   local_shuffle_buffer_size=..., local_shuffle_seed=epoch)` to mix further.
-  `shuffle="rows"` restores a full `random_shuffle` of the encoded rows (an all-to-all
-  exchange; measured 0.32x of a 2-worker DataLoader against 0.72x for the default on 2
-  loaded CPUs, see benchmarks/ingest.py).
+  `shuffle="rows"` restores a full `random_shuffle` of the encoded rows: an all-to-all
+  exchange whose memory grows with the data set. On 200 VOC-sized images and 2 CPUs both
+  ran at about 0.45x of a 2-worker DataLoader when the machine was quiet; under load the
+  windowed default was ahead in 3 of 4 interleaved comparisons (benchmarks/ingest.py).
 
 Evaluation data keeps every image at its original size; see `eval_dataset`.
 """
@@ -68,9 +69,10 @@ SHUFFLE_MODES: tuple[ShuffleMode, ...] = ("rows", "window", "files")
 class IngestOptions:
     """Throughput knobs of the decode + augment stage (defaults measured by benchmarks/ingest.py).
 
-    batch_size: rows per augmented output block. 32 measured fastest on 2 CPUs (fewer blocks,
-        less per-block overhead); at a 512 crop a block is about 170 MB (3x512x512 float32
-        image + 512x512 int64 mask per row), so lower it where the object store is small.
+    batch_size: rows per augmented output block. 32 (fewer blocks, less per-block overhead)
+        was the best under load and level with 8 on a quiet machine; at a 512 crop a block is
+        about 170 MB (3x512x512 float32 image + 512x512 int64 mask per row), so lower it
+        where the object store is small.
     num_cpus: CPUs reserved per decode/augment task (or actor).
     concurrency: maximum parallel tasks (None: as many as the free CPUs allow); with
         `actors` the fixed size of the actor pool (None: one actor per whole CPU requested).
