@@ -299,9 +299,18 @@ class RunTracker:
             )
         self.log_text(text, artifact_file)
 
-    def set_terminated(self, status: str = "FINISHED") -> None:
+    def set_terminated(self, status: str = "FINISHED", *, only_if_running: bool = False) -> None:
+        """End the run with `status`; with only_if_running, leave an already ended run alone.
+
+        The latter is for a process that is being torn down: under Ray Tune the driver's
+        callback may already have recorded the trial's real outcome.
+        """
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"status must be one of {TERMINAL_STATUSES}, got {status!r}")
+        if only_if_running:
+            current = _retrying(lambda: self._client.get_run(self._run_id)).info.status
+            if current != "RUNNING":
+                return
         _retrying(lambda: self._client.set_terminated(self._run_id, status=status))
 
     def __enter__(self) -> RunTracker:

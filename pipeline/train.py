@@ -181,7 +181,9 @@ def fit_run(
         result = trainer.fit()
     except BaseException:
         if tracker is not None:
-            tracker.set_terminated("FAILED")
+            # A Tune trial that reached its last epoch is torn down by Tune; its callback
+            # on the driver may already have ended the run with the trial's real status.
+            tracker.set_terminated("FAILED", only_if_running=True)
         raise
     final = dict(result.metrics or {})
     returned = result.return_value or {}

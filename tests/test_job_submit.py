@@ -24,6 +24,7 @@ import pytest
 from pipeline.config import config_to_yaml, load_config
 from pipeline.datasets.synthetic import write_synthetic
 from pipeline.tracking import find_run
+from pipeline.tune import API_SERVER_ADDRESS_VARIABLE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -67,7 +68,10 @@ def ray_cluster() -> Iterator[Cluster]:
         # Ray 2.60 turns on token authentication; the CLI sends the token only in this mode.
         "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
     }
+    # This cluster is separate from the shared test instance: inheriting that instance's
+    # address variables would send the job (and the State API) there instead.
     environment.pop("RAY_ADDRESS", None)
+    environment.pop(API_SERVER_ADDRESS_VARIABLE, None)
     start = [
         str(VENV_BIN / "ray"),
         "start",
