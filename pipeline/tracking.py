@@ -22,7 +22,6 @@ import io
 import math
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -33,13 +32,13 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
 from pipeline.paths import apcnet_home
+from pipeline.provenance import git_commit
 
 DEFAULT_EXPERIMENT = "apcnet"
 RUN_NAME_TAG = "apcnet.run_name"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 DESCRIPTION_TAG = "mlflow.note.content"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
-GIT_COMMIT_ENV = "APCNET_GIT_COMMIT"
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 # MLflow's own limits (mlflow.utils.validation), repeated so batches are cut before it refuses.
@@ -71,31 +70,6 @@ def resolve_tracking(tracking_uri: str | None, experiment: str | None) -> tuple[
         uri = f"sqlite:///{apcnet_home() / 'mlflow.db'}"
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     return _absolute_sqlite_uri(uri), name
-
-
-def git_commit(path: str | Path | None = None) -> str:
-    """The commit the code runs from: `APCNET_GIT_COMMIT` when set, else `git rev-parse HEAD`.
-
-    `path` defaults to the repository root. Returns "unknown" where git or the repository is
-    missing, e.g. inside a `ray job submit` working folder, which carries no `.git`: there the
-    submitter should pass the commit in the job's env_vars.
-    """
-    from_env = os.environ.get(GIT_COMMIT_ENV, "").strip()
-    if from_env:
-        return from_env
-    folder = Path(path) if path is not None else Path(__file__).resolve().parent.parent
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and commit else "unknown"
 
 
 def sanitize_key(key: str) -> str:
