@@ -77,15 +77,16 @@ class TrainOutcome:
 def prepare_data(config: ExperimentConfig) -> str:
     """The shard folder to train on; the synthetic set is generated on first use.
 
-    Its folder is `<home>/data/synthetic-<hash of its options>`, so changing an option makes a
-    new set and never mixes two.
+    Its folder is `<home>/data/synthetic-<hash of its options and the generator version>`, so
+    changing an option or the scenes makes a new set and never mixes two.
     """
     if config.data.path is not None:
         return config.data.path
-    from pipeline.datasets.synthetic import write_synthetic
+    from pipeline.datasets.synthetic import GENERATOR_VERSION, write_synthetic
 
     options = config_to_dict(config.data.synthetic)
-    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
+    key = {**options, "generator_version": GENERATOR_VERSION}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     folder = apcnet_home() / "data" / f"synthetic-{digest}"
     if not (folder / "manifest.json").is_file():
         write_synthetic(folder, overwrite=True, **options)

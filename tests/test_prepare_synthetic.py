@@ -45,6 +45,25 @@ def interior_pixels(samples: list, label: int) -> np.ndarray:
     return np.concatenate(colours)
 
 
+def ground_pixels_near(samples: list, label: int, ground: int, reach: int) -> np.ndarray:
+    """(N, 3) colours of `ground` pixels within `reach` pixels of a `label` object."""
+    colours = []
+    for sample in samples:
+        near = ndimage.binary_dilation(sample.mask == label, iterations=reach)
+        colours.append(sample.image[near & (sample.mask == ground)])
+    return np.concatenate(colours)
+
+
+def ground_pixels_away(samples: list, ground: int, distance: int) -> np.ndarray:
+    """(N, 3) colours of `ground` pixels at least `distance` pixels from any object."""
+    colours = []
+    for sample in samples:
+        objects = np.isin(sample.mask, [BOAT, CAR, BUOY, BALL])
+        near = ndimage.binary_dilation(objects, iterations=distance)
+        colours.append(sample.image[~near & (sample.mask == ground)])
+    return np.concatenate(colours)
+
+
 def colour_histogram(pixels: np.ndarray) -> np.ndarray:
     quantised = pixels.astype(np.int64) // 32
     codes = quantised[:, 0] * 64 + quantised[:, 1] * 8 + quantised[:, 2]
@@ -127,11 +146,17 @@ def test_objects_appear_at_several_scales(scenes: list) -> None:
 
 def test_boat_and_car_look_the_same_inside(scenes: list) -> None:
     same_look = total_variation(interior_pixels(scenes, BOAT), interior_pixels(scenes, CAR))
-    different_ground = total_variation(
-        interior_pixels(scenes, WATER), interior_pixels(scenes, ROAD)
-    )
     assert same_look < 0.25
-    assert different_ground > 0.9
+
+
+def test_next_to_an_object_every_ground_looks_like_road(scenes: list) -> None:
+    # Shadows hide the ground around objects: the scene shows only further away.
+    next_to_boats = ground_pixels_near(scenes, BOAT, WATER, reach=2)
+    next_to_cars = ground_pixels_near(scenes, CAR, ROAD, reach=2)
+    assert total_variation(next_to_boats, next_to_cars) < 0.25
+    open_water = ground_pixels_away(scenes, WATER, distance=SIZE // 4)
+    open_road = ground_pixels_away(scenes, ROAD, distance=SIZE // 4)
+    assert total_variation(open_water, open_road) > 0.9
 
 
 def test_buoy_and_ball_look_the_same_inside(scenes: list) -> None:

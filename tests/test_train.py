@@ -11,11 +11,12 @@ import yaml
 from training_helpers import metric_steps, tiny_config
 
 from apcnet.checkpoint import load_checkpoint
-from pipeline.config import ConfigError, ExperimentConfig, config_to_yaml
+from pipeline.config import ConfigError, ExperimentConfig, config_to_yaml, load_config
+from pipeline.datasets import synthetic
 from pipeline.majority_baseline import majority_class_miou
 from pipeline.run_checkpoints import best_checkpoint, latest_checkpoint
 from pipeline.run_records import CONFIG_FILE, default_run_name
-from pipeline.train import TrainOutcome, train
+from pipeline.train import TrainOutcome, prepare_data, train
 from pipeline.train_state import read_progress
 
 EPOCH_METRICS = ("train_loss", "lr", "images_per_s", "epoch_time_s")
@@ -107,3 +108,14 @@ def test_a_default_run_name_is_config_stem_and_timestamp():
 def test_majority_baseline_scores_the_majority_class_over_present_classes():
     # 60 pixels of class 0, 40 of class 2, class 1 absent: IoU_0 = 0.6, IoU_2 = 0 -> mIoU 0.3.
     assert majority_class_miou(np.array([60, 0, 40])) == pytest.approx(0.3)
+
+
+def test_the_built_in_set_is_regenerated_when_the_scenes_change(monkeypatch):
+    sizes = ["data.synthetic.num_train=2", "data.synthetic.num_val=1", "data.synthetic.size=16"]
+    config = load_config(None, sizes)
+    first = prepare_data(config)
+    assert prepare_data(config) == first
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    second = prepare_data(config)
+    assert second != first
+    assert Path(second, "manifest.json").is_file()

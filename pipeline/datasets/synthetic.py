@@ -2,7 +2,7 @@
 
 Every image has a sky band above a horizon and one of three grounds, each a textured "stuff"
 class: water (harbour scene), road (street scene) or grass (park scene). Objects stand on the
-ground at many scales (from about 1/16 to 1/2 of the image width) and occlude each other:
+ground at many scales (from about 1/8 to 9/10 of the image width) and occlude each other:
 
 | shape drawn                     | harbour | street | park |
 | ------------------------------- | ------- | ------ | ---- |
@@ -10,9 +10,13 @@ ground at many scales (from about 1/16 to 1/2 of the image width) and occlude ea
 | coloured disc with white stripe | buoy    |   -    | ball |
 
 A boat and a car are drawn by the same code from the same colour distribution, as are a buoy
-and a ball: the inside of a large ellipse looks the same in both scenes, and only the scene
-around it (water or road, possibly far away) tells which class it is. That is what the
-paper's global-guided context should capture and a purely local classifier cannot.
+and a ball. Every object also casts a shadow wider than itself, in the colour of the road and
+labelled as the ground it falls on: next to a boat the water looks like road. So neither the
+inside of an object nor its surroundings tell a boat from a car (or a buoy from a ball); only
+ground further away does, often on the far side of the image. That is what the paper's
+pyramid of pooled context should capture and a dilated FCN, whose effective receptive field
+is much smaller than its nominal one, has to learn the hard way (`benchmarks/ablation.py`
+measures the difference; README, "Benchmarks").
 
 Generation is deterministic for (seed, split, index): same arguments, same bytes.
 """
@@ -38,7 +42,7 @@ from pipeline.shards import (
     write_manifest,
 )
 
-GENERATOR_VERSION = 1  # bump when the scenes change, so old shards are not mistaken for new
+GENERATOR_VERSION = 2  # bump when the scenes change, so old shards are not mistaken for new
 SYNTHETIC_CLASS_NAMES = ("sky", "water", "road", "grass", "boat", "car", "buoy", "ball")
 SKY, WATER, ROAD, GRASS, BOAT, CAR, BUOY, BALL = range(8)
 SYNTHETIC_PALETTE = (
@@ -96,12 +100,14 @@ def _render(rng: np.random.Generator, scene: str, size: int) -> SyntheticSample:
         if label is None:
             continue
         for _ in range(int(rng.integers(low, high))):
-            scale = float(np.exp(rng.uniform(np.log(size / 16), np.log(size * 0.75))))
+            scale = float(np.exp(rng.uniform(np.log(size / 8), np.log(size * 0.9))))
             center_y = rng.uniform(horizon + 0.1 * (size - horizon), size * 0.95)
             center_x = rng.uniform(-0.05 * size, 1.05 * size)
             objects.append((center_y, center_x, scale, label, draw))
-    # Nearer (lower) objects are drawn last, so they occlude the ones behind them.
+    # Nearer (lower) objects are drawn last, so they and their shadows occlude the ones behind.
     for center_y, center_x, scale, label, draw in sorted(objects, key=lambda item: item[0]):
+        box, shaded = _draw_shadow(image, rows, cols, center_y, center_x, scale, horizon)
+        mask[box][shaded] = ground_class
         box, inside = draw(rng, image, rows, cols, center_y, center_x, scale)
         mask[box][inside] = label
 
@@ -138,6 +144,36 @@ def _ground(
     # Grass: green with vertical blade streaks.
     streaks = rng.normal(0, 14, (1, rows.shape[1], 1)).astype(np.float32)
     return np.array([55, 135, 50], np.float32) + streaks + np.zeros((*rows.shape, 1), np.float32)
+
+
+# Shadows take the road's colour, so that a shadow on water or grass looks like a patch of road.
+_SHADOW_COLOR = np.array([72, 72, 72], np.float32)
+_SHADOW_MARGIN = 0.4  # how much wider than the object its shadow is, as a fraction
+
+
+def _draw_shadow(
+    image: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    center_y: float,
+    center_x: float,
+    scale: float,
+    horizon: int,
+) -> tuple[tuple[slice, slice], np.ndarray]:
+    """An ellipse of shadow on the ground (below `horizon`) around an object of width `scale`.
+
+    Returns the bounding-box slices and the (box H, box W) bool mask of shaded pixels.
+    """
+    half_width = scale / 2 * (1 + _SHADOW_MARGIN)
+    half_height = scale * 0.3 * (1 + 2 * _SHADOW_MARGIN)
+    box = _box(center_y, center_x, half_height, half_width, image.shape[0])
+    box_rows, box_cols = rows[box], cols[box]
+    distance = ((box_cols - center_x) / half_width) ** 2 + (
+        (box_rows - center_y) / half_height
+    ) ** 2
+    shaded = (distance <= 1.0) & (box_rows >= horizon)
+    image[box][shaded] = _SHADOW_COLOR
+    return box, shaded
 
 
 def _box(
