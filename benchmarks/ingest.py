@@ -31,14 +31,8 @@ import torch
 from PIL import Image
 
 from pipeline.data import IngestOptions, train_dataset
-from pipeline.shards import (
-    Manifest,
-    ShardRow,
-    ShardWriter,
-    load_manifest,
-    read_shard_rows,
-    write_manifest,
-)
+from pipeline.shard_writer import ShardWriter, write_manifest
+from pipeline.shards import Manifest, ShardRow, load_manifest, read_shard_rows
 from pipeline.transforms import (
     AugmentationConfig,
     augment_sample,

@@ -11,7 +11,8 @@ import ray
 from PIL import Image
 
 from pipeline.data import IngestOptions, data_config, eval_dataset, train_dataset
-from pipeline.shards import Manifest, ShardRow, ShardWriter, load_manifest, write_manifest
+from pipeline.shard_writer import ShardWriter, write_manifest
+from pipeline.shards import Manifest, ShardRow, load_manifest
 from pipeline.transforms import AugmentationConfig, decode_image, decode_mask, normalize
 
 pytestmark = pytest.mark.slow

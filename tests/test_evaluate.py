@@ -22,15 +22,8 @@ from pipeline.evaluate import (
 )
 from pipeline.evaluate_counts import evaluate_locally, image_counts
 from pipeline.inference_model import InferenceError
-from pipeline.shards import (
-    FORMAT_VERSION,
-    DatasetError,
-    Manifest,
-    ShardRow,
-    ShardWriter,
-    load_manifest,
-    write_manifest,
-)
+from pipeline.shard_writer import ShardWriter, write_manifest
+from pipeline.shards import FORMAT_VERSION, DatasetError, Manifest, ShardRow, load_manifest
 from pipeline.testtime import TestTimeOptions
 from pipeline.tracking import RunTracker
 

@@ -14,7 +14,8 @@ from apcnet import APCNet
 from apcnet.checkpoint import save_checkpoint
 from pipeline.inference_model import InferenceError, plan_actor_pool
 from pipeline.predict import PredictionRequest, list_images, predict, write_png_atomically
-from pipeline.shards import FORMAT_VERSION, Manifest, ShardRow, ShardWriter, write_manifest
+from pipeline.shard_writer import ShardWriter, write_manifest
+from pipeline.shards import FORMAT_VERSION, Manifest, ShardRow
 from pipeline.visualize import (
     IGNORE_COLOUR,
     SamplePanel,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.shard_writer import ShardWriter, prepare_output, write_manifest
 from pipeline.shards import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -14,13 +15,10 @@ from pipeline.shards import (
     DatasetError,
     Manifest,
     ShardRow,
-    ShardWriter,
     SkippedSample,
     load_manifest,
     manifest_digest,
-    prepare_output,
     read_shard_rows,
-    write_manifest,
 )
 
 

@@ -32,15 +32,8 @@ from PIL import Image
 
 from pipeline.datasets.common import IGNORE_INDEX
 from pipeline.datasets.validation import encode_mask_png
-from pipeline.shards import (
-    DEFAULT_MAX_ROWS,
-    FORMAT_VERSION,
-    Manifest,
-    ShardRow,
-    ShardWriter,
-    prepare_output,
-    write_manifest,
-)
+from pipeline.shard_writer import ShardWriter, prepare_output, write_manifest
+from pipeline.shards import DEFAULT_MAX_ROWS, FORMAT_VERSION, Manifest, ShardRow
 
 GENERATOR_VERSION = 2  # bump when the scenes change, so old shards are not mistaken for new
 SYNTHETIC_CLASS_NAMES = ("sky", "water", "road", "grass", "boat", "car", "buoy", "ball")

@@ -14,17 +14,15 @@ from tqdm import tqdm
 
 from pipeline.datasets.common import IGNORE_INDEX, DatasetPlan, SampleSpec, find_duplicates
 from pipeline.datasets.validation import SampleResult, convert_sample
+from pipeline.shard_writer import ShardWriter, prepare_output, write_manifest
 from pipeline.shards import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ROWS,
     FORMAT_VERSION,
     DatasetError,
     Manifest,
-    ShardWriter,
     SkippedSample,
     SplitInfo,
-    prepare_output,
-    write_manifest,
 )
 
 ON_ERROR_CHOICES = ("fail", "skip")
