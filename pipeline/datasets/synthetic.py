@@ -1,8 +1,8 @@
 """The embedded default data set: synthetic outdoor scenes where context decides the label.
 
-Every image has a sky band above a horizon and one of three grounds, each a textured "stuff"
-class: water (harbour scene), road (street scene) or grass (park scene). Objects stand on the
-ground at many scales (from about 1/8 to 9/10 of the image width) and occlude each other:
+Every image has a sky band above a horizon and one of three grounds, each a "stuff" class:
+water (harbour scene), road (street scene) or grass (park scene). Objects stand on the ground
+at many scales (from about 1/8 to 9/10 of the image width) and occlude each other:
 
 | shape drawn                     | harbour | street | park |
 | ------------------------------- | ------- | ------ | ---- |
@@ -10,12 +10,13 @@ ground at many scales (from about 1/8 to 9/10 of the image width) and occlude ea
 | coloured disc with white stripe | buoy    |   -    | ball |
 
 A boat and a car are drawn by the same code from the same colour distribution, as are a buoy
-and a ball. Every object also casts a shadow wider than itself, in the colour of the road and
-labelled as the ground it falls on: next to a boat the water looks like road. So neither the
-inside of an object nor its surroundings tell a boat from a car (or a buoy from a ball); only
-ground further away does, often on the far side of the image. That is what the paper's
-pyramid of pooled context is built to capture. On images this small a dilated FCN can reach
-that far too: `benchmarks/ablation.py` measures how close the two come (README, "Benchmarks").
+and a ball. The three grounds are one mosaic of blue, grey and green tiles and differ only in
+the colours' shares: the scene's own colour covers half the tiles, the other two a quarter
+each. So a few tiles of ground, like the inside of an object, can belong to any scene; the
+share over the whole image tells which scene it is, and with it the label of every ground and
+object pixel. Pooling evidence over the image is what the paper's pyramid of context
+(scale 1 = the image-wide average) is built for; `benchmarks/ablation.py` measures how much it
+gains over a dilated FCN (README, "Benchmarks").
 
 Generation is deterministic for (seed, split, index): same arguments, same bytes.
 """
@@ -34,7 +35,7 @@ from pipeline.datasets.validation import encode_mask_png
 from pipeline.shard_writer import ShardWriter, prepare_output, write_manifest
 from pipeline.shards import DEFAULT_MAX_ROWS, FORMAT_VERSION, Manifest, ShardRow
 
-GENERATOR_VERSION = 2  # bump when the scenes change, so old shards are not mistaken for new
+GENERATOR_VERSION = 3  # bump when the scenes change, so old shards are not mistaken for new
 SYNTHETIC_CLASS_NAMES = ("sky", "water", "road", "grass", "boat", "car", "buoy", "ball")
 SKY, WATER, ROAD, GRASS, BOAT, CAR, BUOY, BALL = range(8)
 SYNTHETIC_PALETTE = (
@@ -82,7 +83,7 @@ def _render(rng: np.random.Generator, scene: str, size: int) -> SyntheticSample:
     mask = np.full((size, size), ground_class, np.uint8)
     mask[:horizon] = SKY
     image[:horizon] = _sky(rows[:horizon], horizon)
-    image[horizon:] = _ground(rng, ground_class, rows[horizon:], cols[horizon:], size)
+    image[horizon:] = _ground(rng, ground_class, size - horizon, size)
 
     # Harbour scenes hold two object classes, the others one: fewer of each keeps them balanced.
     shared = ellipse_class is not None and disc_class is not None
@@ -96,10 +97,8 @@ def _render(rng: np.random.Generator, scene: str, size: int) -> SyntheticSample:
             center_y = rng.uniform(horizon + 0.1 * (size - horizon), size * 0.95)
             center_x = rng.uniform(-0.05 * size, 1.05 * size)
             objects.append((center_y, center_x, scale, label, draw))
-    # Nearer (lower) objects are drawn last, so they and their shadows occlude the ones behind.
+    # Nearer (lower) objects are drawn last, so they occlude the ones behind.
     for center_y, center_x, scale, label, draw in sorted(objects, key=lambda item: item[0]):
-        box, shaded = _draw_shadow(image, rows, cols, center_y, center_x, scale, horizon)
-        mask[box][shaded] = ground_class
         box, inside = draw(rng, image, rows, cols, center_y, center_x, scale)
         mask[box][inside] = label
 
@@ -109,7 +108,7 @@ def _render(rng: np.random.Generator, scene: str, size: int) -> SyntheticSample:
     return SyntheticSample(np.clip(image, 0, 255).astype(np.uint8), mask, scene)
 
 
-_NOISE_SIGMA = np.array([4, 9, 9, 12, 5, 5, 5, 5], np.float32)
+_NOISE_SIGMA = np.array([4, 8, 8, 8, 5, 5, 5, 5], np.float32)
 
 
 def _sky(rows: np.ndarray, horizon: int) -> np.ndarray:
@@ -119,52 +118,31 @@ def _sky(rows: np.ndarray, horizon: int) -> np.ndarray:
     return top + (bottom - top) * fraction
 
 
-def _ground(
-    rng: np.random.Generator, ground: int, rows: np.ndarray, cols: np.ndarray, size: int
-) -> np.ndarray:
-    """Textured ground "stuff" (before noise) for the rows below the horizon: (rows, W, 3)."""
-    if ground == WATER:
-        period = size / rng.uniform(6, 12)
-        waves = np.sin(2 * np.pi * rows / period + 0.6 * np.sin(cols / (size / 9)))
-        return np.array([35, 75, 150], np.float32) + 22 * waves[..., None]
-    if ground == ROAD:
-        base = np.full((*rows.shape, 3), 72, np.float32)
-        lane_row = rng.uniform(rows.min() + 4, rows.max() + 1)
-        dashes = (np.abs(rows - lane_row) < max(1.0, size / 80)) & ((cols // (size / 8)) % 2 == 0)
-        base[dashes] = 225
-        return base
-    # Grass: green with vertical blade streaks.
-    streaks = rng.normal(0, 14, (1, rows.shape[1], 1)).astype(np.float32)
-    return np.array([55, 135, 50], np.float32) + streaks + np.zeros((*rows.shape, 1), np.float32)
+def _ground(rng: np.random.Generator, ground: int, height: int, size: int) -> np.ndarray:
+    """The mosaic ground (before noise) for the `height` rows below the horizon: (height, W, 3).
 
-
-# Shadows take the road's colour, so that a shadow on water or grass looks like a patch of road.
-_SHADOW_COLOR = np.array([72, 72, 72], np.float32)
-_SHADOW_MARGIN = 0.4  # how much wider than the object its shadow is, as a fraction
-
-
-def _draw_shadow(
-    image: np.ndarray,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    center_y: float,
-    center_x: float,
-    scale: float,
-    horizon: int,
-) -> tuple[tuple[slice, slice], np.ndarray]:
-    """An ellipse of shadow on the ground (below `horizon`) around an object of width `scale`.
-
-    Returns the bounding-box slices and the (box H, box W) bool mask of shaded pixels.
+    Square tiles of about 1/16 of the image side, each one of the three ground colours: the
+    scene's own colour with probability `_OWN_COLOUR_SHARE`, each other colour with half the rest.
     """
-    half_width = scale / 2 * (1 + _SHADOW_MARGIN)
-    half_height = scale * 0.3 * (1 + 2 * _SHADOW_MARGIN)
-    box = _box(center_y, center_x, half_height, half_width, image.shape[0])
-    box_rows, box_cols = rows[box], cols[box]
-    shaded = _in_ellipse(box_rows, box_cols, center_y, center_x, half_height, half_width) & (
-        box_rows >= horizon
+    tile = max(2, round(size / 16))
+    shares = np.full(len(_GROUND_COLOURS), (1 - _OWN_COLOUR_SHARE) / 2)
+    shares[_GROUND_CLASSES.index(ground)] = _OWN_COLOUR_SHARE
+    # A random grid offset, so that tile edges do not fall on the same pixels in every image.
+    offset_y, offset_x = rng.integers(tile, size=2)
+    tile_rows = (np.arange(height) + offset_y) // tile
+    tile_cols = (np.arange(size) + offset_x) // tile
+    colours = rng.choice(
+        len(_GROUND_COLOURS), size=(tile_rows[-1] + 1, tile_cols[-1] + 1), p=shares
     )
-    image[box][shaded] = _SHADOW_COLOR
-    return box, shaded
+    return _GROUND_COLOURS[colours[tile_rows[:, None], tile_cols[None, :]]]
+
+
+# Every ground is a mosaic of the same three colours (blue, grey, green); only their shares
+# differ. At one half for the scene's own colour, a window of a few tiles often shows another
+# colour as often as its own, while the whole image's ground nearly always shows its own most.
+_GROUND_CLASSES = (WATER, ROAD, GRASS)
+_GROUND_COLOURS = np.array([[40, 80, 160], [95, 95, 95], [50, 140, 50]], np.float32)
+_OWN_COLOUR_SHARE = 0.5
 
 
 def _in_ellipse(
