@@ -118,6 +118,14 @@ def _sky(rows: np.ndarray, horizon: int) -> np.ndarray:
     return top + (bottom - top) * fraction
 
 
+# Every ground is a mosaic of the same three colours (blue, grey, green); only their shares
+# differ. At one half for the scene's own colour, a window of a few tiles often shows another
+# colour as often as its own, while the whole image's ground nearly always shows its own most.
+_GROUND_CLASSES = (WATER, ROAD, GRASS)
+_GROUND_COLOURS = np.array([[40, 80, 160], [95, 95, 95], [50, 140, 50]], np.float32)
+_OWN_COLOUR_SHARE = 0.5
+
+
 def _ground(rng: np.random.Generator, ground: int, height: int, size: int) -> np.ndarray:
     """The mosaic ground (before noise) for the `height` rows below the horizon: (height, W, 3).
 
@@ -135,14 +143,6 @@ def _ground(rng: np.random.Generator, ground: int, height: int, size: int) -> np
         len(_GROUND_COLOURS), size=(tile_rows[-1] + 1, tile_cols[-1] + 1), p=shares
     )
     return _GROUND_COLOURS[colours[tile_rows[:, None], tile_cols[None, :]]]
-
-
-# Every ground is a mosaic of the same three colours (blue, grey, green); only their shares
-# differ. At one half for the scene's own colour, a window of a few tiles often shows another
-# colour as often as its own, while the whole image's ground nearly always shows its own most.
-_GROUND_CLASSES = (WATER, ROAD, GRASS)
-_GROUND_COLOURS = np.array([[40, 80, 160], [95, 95, 95], [50, 140, 50]], np.float32)
-_OWN_COLOUR_SHARE = 0.5
 
 
 def _in_ellipse(
