@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import load_config
-from pipeline.datasets.synthetic import GENERATOR_VERSION
-from pipeline.tune import run_search
+from pipeline.config.schema import load_config
+from pipeline.data.formats.synthetic import GENERATOR_VERSION
+from pipeline.tune.search import run_search
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = REPO_ROOT / "benchmarks" / "out" / "ablation.json"

@@ -24,13 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from apcnet import APCNet
-from pipeline.data import eval_dataset
-from pipeline.datasets.synthetic import write_synthetic
-from pipeline.evaluate import read_split_samples
-from pipeline.evaluate_counts import count_split_distributed, evaluate_locally
-from pipeline.inference_model import plan_actor_pool
-from pipeline.shards import load_manifest
-from pipeline.testtime import TestTimeOptions
+from pipeline.data.formats.synthetic import write_synthetic
+from pipeline.data.ingest import eval_dataset
+from pipeline.data.shards import load_manifest
+from pipeline.evaluate.counts import count_split_distributed, evaluate_locally
+from pipeline.evaluate.evaluation import read_split_samples
+from pipeline.evaluate.model import plan_actor_pool
+from pipeline.evaluate.testtime import TestTimeOptions
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)

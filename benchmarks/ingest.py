@@ -3,7 +3,7 @@
 Writes N synthetic VOC-sized JPEGs (about 500x375) with masks into temporary shard sets, then
 measures images/s of decode + augment at a 512 crop through:
 - torch.utils.data.DataLoader with W worker processes (the baseline), and
-- `pipeline.data.train_dataset` under named Ray Data variants (IngestOptions, the consumer's
+- `pipeline.data.ingest.train_dataset` under named Ray Data variants (IngestOptions, the consumer's
   local shuffle buffer, the shards' row-group size),
 interleaved in rounds (DataLoader, then every variant, repeated), so a noisy machine slows
 them alike; each variant's ratio is taken against the DataLoader of its own round and the
@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.data import IngestOptions, train_dataset
-from pipeline.shard_writer import ShardWriter, write_manifest
-from pipeline.shards import Manifest, ShardRow, load_manifest, read_shard_rows
-from pipeline.transforms import (
+from pipeline.data.ingest import IngestOptions, train_dataset
+from pipeline.data.shard_writer import ShardWriter, write_manifest
+from pipeline.data.shards import Manifest, ShardRow, load_manifest, read_shard_rows
+from pipeline.data.transforms import (
     AugmentationConfig,
     augment_sample,
     decode_image,

@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from pipeline.config import ExperimentConfig, config_to_yaml, load_config
-from pipeline.run_checkpoints import latest_checkpoint
-from pipeline.train_state import read_progress
+from pipeline.config.schema import ExperimentConfig, config_to_yaml, load_config
+from pipeline.train.run_checkpoints import latest_checkpoint
+from pipeline.train.state import read_progress
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = REPO_ROOT / "benchmarks" / "out" / "train.json"
@@ -74,7 +74,7 @@ def benchmark_config(args: argparse.Namespace, workers: int, work: Path) -> Expe
 
 
 def throughput(args: argparse.Namespace, workers: int, work: Path) -> dict[str, float]:
-    from pipeline.train import fit_run
+    from pipeline.train.driver import fit_run
 
     config = benchmark_config(args, workers, work)
     started = time.perf_counter()

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import load_config
-from pipeline.search_space import describe_parameters
-from pipeline.tune import SearchOutcome, run_search
+from pipeline.config.schema import load_config
+from pipeline.tune.search import SearchOutcome, run_search
+from pipeline.tune.space import describe_parameters
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = REPO_ROOT / "benchmarks" / "out" / "tune.json"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.compare import (
+from pipeline.tracking.compare import (
     collect_runs,
     format_runs_table,
     plot_curves,

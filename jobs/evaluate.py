@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 
-from pipeline.cli_inference import add_pool_arguments, add_test_time_arguments, test_time_options
-from pipeline.evaluate import EvaluationRequest, evaluate
+from jobs.cli_inference import add_pool_arguments, add_test_time_arguments, test_time_options
+from pipeline.evaluate.evaluation import EvaluationRequest, evaluate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

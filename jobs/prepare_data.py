@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import argparse
 import os
 
-from pipeline.datasets.prepare import FORMATS, PrepareOptions, prepare_dataset
-from pipeline.shards import (
+from pipeline.data.formats.prepare import FORMATS, PrepareOptions, prepare_dataset
+from pipeline.data.shards import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ROWS,
     MANIFEST_NAME,

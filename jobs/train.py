@@ -13,9 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 
-from pipeline.config import ConfigError, load_config
-from pipeline.run_records import default_run_name, storage_root, stored_config
-from pipeline.train import NonFiniteLossError, TrainOutcome, train
+from pipeline.config.schema import ConfigError, load_config
+from pipeline.train.driver import NonFiniteLossError, TrainOutcome, train
+from pipeline.train.run_records import default_run_name, storage_root, stored_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "synthetic.yaml"
 

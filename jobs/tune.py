@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import load_config
-from pipeline.run_records import default_run_name
-from pipeline.tune import run_search
+from pipeline.config.schema import load_config
+from pipeline.train.run_records import default_run_name
+from pipeline.tune.search import run_search
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tune_synthetic.yaml"
 

@@ -34,7 +34,7 @@ def ray_session() -> Iterator[None]:
     """
     import ray
 
-    from pipeline.tune import API_SERVER_ADDRESS_VARIABLE, init_local_ray
+    from pipeline.tune.search import API_SERVER_ADDRESS_VARIABLE, init_local_ray
 
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     saved_api_address = os.environ.get(API_SERVER_ADDRESS_VARIABLE)

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.compare import collect_runs, format_runs_table, plot_curves, resolve_parent_run_id
-from pipeline.tracking import RunTracker
+from pipeline.tracking.compare import (
+    collect_runs,
+    format_runs_table,
+    plot_curves,
+    resolve_parent_run_id,
+)
+from pipeline.tracking.runs import RunTracker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "compare-spec"

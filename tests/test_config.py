@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import (
+from pipeline.config.schema import (
     ConfigError,
     ExperimentConfig,
     config_from_dict,

@@ -1,11 +1,11 @@
-"""The recipe files in configs/ load through pipeline.config and state the published settings."""
+"""The recipe files in configs/ load through pipeline.config.schema and state the published settings."""
 
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
+from pipeline.config.schema import load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # The synthetic demos (synthetic.yaml, tune_synthetic.yaml) belong to the train and tune jobs.

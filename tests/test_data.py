@@ -10,10 +10,10 @@ import pytest
 import ray
 from PIL import Image
 
-from pipeline.data import IngestOptions, data_config, eval_dataset, train_dataset
-from pipeline.shard_writer import ShardWriter, write_manifest
-from pipeline.shards import Manifest, ShardRow, load_manifest
-from pipeline.transforms import AugmentationConfig, decode_image, decode_mask, normalize
+from pipeline.data.ingest import IngestOptions, data_config, eval_dataset, train_dataset
+from pipeline.data.shard_writer import ShardWriter, write_manifest
+from pipeline.data.shards import Manifest, ShardRow, load_manifest
+from pipeline.data.transforms import AugmentationConfig, decode_image, decode_mask, normalize
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +140,7 @@ def test_row_order_is_reshuffled_each_epoch_and_reproducible(ray_session, manife
         return samples_in_order(train_dataset(manifest, "train", FIXED, seed=4, epoch=epoch))
 
     # The exact order is reproducible once Ray keeps block order; otherwise parallel tasks
-    # may finish in any order (the guarantee pipeline.data documents).
+    # may finish in any order (the guarantee pipeline.data.ingest documents).
     context = ray.data.DataContext.get_current()
     preserved = context.execution_options.preserve_order
     context.execution_options.preserve_order = True

@@ -14,18 +14,18 @@ from PIL import Image
 from apcnet import APCNet
 from apcnet.checkpoint import save_checkpoint
 from apcnet.mmseg import apcnet_key_to_reference
-from pipeline.evaluate import (
+from pipeline.data.shard_writer import ShardWriter, write_manifest
+from pipeline.data.shards import FORMAT_VERSION, DatasetError, Manifest, ShardRow, load_manifest
+from pipeline.evaluate.counts import evaluate_locally, image_counts
+from pipeline.evaluate.evaluation import (
     EvaluationRequest,
     evaluate,
     load_evaluation_model,
     read_split_samples,
 )
-from pipeline.evaluate_counts import evaluate_locally, image_counts
-from pipeline.inference_model import InferenceError
-from pipeline.shard_writer import ShardWriter, write_manifest
-from pipeline.shards import FORMAT_VERSION, DatasetError, Manifest, ShardRow, load_manifest
-from pipeline.testtime import TestTimeOptions
-from pipeline.tracking import RunTracker
+from pipeline.evaluate.model import InferenceError
+from pipeline.evaluate.testtime import TestTimeOptions
+from pipeline.tracking.runs import RunTracker
 
 CLASS_NAMES = ("background", "road", "tree")
 PALETTE = ((0, 0, 0), (128, 64, 128), (0, 128, 0))

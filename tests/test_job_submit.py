@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import config_to_yaml, load_config
-from pipeline.datasets.synthetic import write_synthetic
-from pipeline.tracking import find_run
-from pipeline.tune import API_SERVER_ADDRESS_VARIABLE
+from pipeline.config.schema import config_to_yaml, load_config
+from pipeline.data.formats.synthetic import write_synthetic
+from pipeline.tracking.runs import find_run
+from pipeline.tune.search import API_SERVER_ADDRESS_VARIABLE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

@@ -12,11 +12,10 @@ from PIL import Image
 
 from apcnet import APCNet
 from apcnet.checkpoint import save_checkpoint
-from pipeline.inference_model import InferenceError, plan_actor_pool
-from pipeline.predict import PredictionRequest, list_images, predict, write_png_atomically
-from pipeline.shard_writer import ShardWriter, write_manifest
-from pipeline.shards import FORMAT_VERSION, Manifest, ShardRow
-from pipeline.visualize import (
+from pipeline.data.shard_writer import ShardWriter, write_manifest
+from pipeline.data.shards import FORMAT_VERSION, Manifest, ShardRow
+from pipeline.evaluate.model import InferenceError, plan_actor_pool
+from pipeline.evaluate.pictures import (
     IGNORE_COLOUR,
     SamplePanel,
     colourise,
@@ -24,6 +23,12 @@ from pipeline.visualize import (
     overlay,
     palette_png,
     sample_grid,
+)
+from pipeline.evaluate.prediction import (
+    PredictionRequest,
+    list_images,
+    predict,
+    write_png_atomically,
 )
 
 CLASS_NAMES = ("background", "road", "tree")

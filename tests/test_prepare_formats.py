@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.datasets.prepare import PrepareOptions, prepare_dataset
-from pipeline.shards import DatasetError, load_manifest, read_shard_rows
+from pipeline.data.formats.prepare import PrepareOptions, prepare_dataset
+from pipeline.data.shards import DatasetError, load_manifest, read_shard_rows
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.datasets.synthetic import (
+from pipeline.data.formats.synthetic import (
     BALL,
     BOAT,
     BUOY,
@@ -22,7 +22,7 @@ from pipeline.datasets.synthetic import (
     render_sample,
     write_synthetic,
 )
-from pipeline.shards import MANIFEST_NAME, load_manifest, read_shard_rows
+from pipeline.data.shards import MANIFEST_NAME, load_manifest, read_shard_rows
 
 SIZE = 64
 SCENE_COUNT = 90

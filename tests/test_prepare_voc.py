@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from pipeline.datasets.prepare import PrepareOptions, prepare_dataset
-from pipeline.datasets.voc import VOC_CLASS_NAMES, VOC_PALETTE
-from pipeline.shards import MANIFEST_NAME, DatasetError, load_manifest, read_shard_rows
+from pipeline.data.formats.prepare import PrepareOptions, prepare_dataset
+from pipeline.data.formats.voc import VOC_CLASS_NAMES, VOC_PALETTE
+from pipeline.data.shards import MANIFEST_NAME, DatasetError, load_manifest, read_shard_rows
 
 VOC_TRAIN = ["2007_000001", "2007_000002", "2007_000003"]
 VOC_VAL = ["2007_000004", "2007_000005"]

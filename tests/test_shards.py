@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.shard_writer import ShardWriter, prepare_output, write_manifest
-from pipeline.shards import (
+from pipeline.data.shard_writer import ShardWriter, prepare_output, write_manifest
+from pipeline.data.shards import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     SHARD_SCHEMA,

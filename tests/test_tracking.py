@@ -14,7 +14,7 @@ import mlflow
 import pytest
 from matplotlib.figure import Figure
 
-from pipeline.tracking import (
+from pipeline.tracking.runs import (
     ParamConflictError,
     RunTracker,
     child_runs,

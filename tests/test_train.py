@@ -11,13 +11,13 @@ import yaml
 from training_helpers import metric_steps, tiny_config
 
 from apcnet.checkpoint import load_checkpoint
-from pipeline.config import ConfigError, ExperimentConfig, config_to_yaml, load_config
-from pipeline.datasets import synthetic
-from pipeline.majority_baseline import majority_class_miou
-from pipeline.run_checkpoints import best_checkpoint, latest_checkpoint
-from pipeline.run_records import CONFIG_FILE, default_run_name
-from pipeline.train import TrainOutcome, prepare_data, train
-from pipeline.train_state import read_progress
+from pipeline.config.schema import ConfigError, ExperimentConfig, config_to_yaml, load_config
+from pipeline.data.formats import synthetic
+from pipeline.data.majority_baseline import majority_class_miou
+from pipeline.train.driver import TrainOutcome, prepare_data, train
+from pipeline.train.run_checkpoints import best_checkpoint, latest_checkpoint
+from pipeline.train.run_records import CONFIG_FILE, default_run_name
+from pipeline.train.state import read_progress
 
 EPOCH_METRICS = ("train_loss", "lr", "images_per_s", "epoch_time_s")
 

@@ -15,10 +15,10 @@ import pytest
 import ray
 from training_helpers import metric_steps, tiny_config
 
-from pipeline.config import config_to_yaml
-from pipeline.run_checkpoints import latest_checkpoint
-from pipeline.train import NonFiniteLossError, train
-from pipeline.train_state import read_progress
+from pipeline.config.schema import config_to_yaml
+from pipeline.train.driver import NonFiniteLossError, train
+from pipeline.train.run_checkpoints import latest_checkpoint
+from pipeline.train.state import read_progress
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.transforms import (
+from pipeline.data.transforms import (
     AugmentationConfig,
     augment_sample,
     decode_image,
@@ -161,7 +161,7 @@ def test_photometric_distortion_changes_colours_but_keeps_shape_and_dtype():
 
 def test_photometric_distortion_with_no_change_round_trips_hsv():
     # A grey-free image through saturation x1 / hue +0 must come back unchanged.
-    from pipeline.transforms import _hsv_to_rgb, _rgb_to_hsv
+    from pipeline.data.transforms import _hsv_to_rgb, _rgb_to_hsv
 
     rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(_hsv_to_rgb(*_rgb_to_hsv(rgb)), rgb, atol=1e-3)

@@ -12,9 +12,18 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from ray import tune
 
-from pipeline.compare import TRIAL_STATUS_TAG
-from pipeline.config import ExperimentConfig, load_config
-from pipeline.search_space import (
+from pipeline.config.schema import ExperimentConfig, load_config
+from pipeline.config.typed import ConfigError
+from pipeline.tracking.compare import TRIAL_STATUS_TAG
+from pipeline.tracking.runs import child_runs
+from pipeline.tune.search import (
+    build_param_space,
+    build_search_algorithm,
+    count_trials,
+    run_search,
+    validate_search_config,
+)
+from pipeline.tune.space import (
     LogUniform,
     SearchSpaceSection,
     TuneSection,
@@ -23,15 +32,7 @@ from pipeline.search_space import (
     pool_scales_label,
     validate_tune_section,
 )
-from pipeline.tracking import child_runs
-from pipeline.tune import (
-    build_param_space,
-    build_search_algorithm,
-    count_trials,
-    run_search,
-    validate_search_config,
-)
-from pipeline.tune_tracking import (
+from pipeline.tune.trials import (
     COMPLETED,
     ERRORED,
     STOPPED_EARLY,
@@ -41,7 +42,6 @@ from pipeline.tune_tracking import (
     classify_trial,
     format_trials_table,
 )
-from pipeline.typed_config import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

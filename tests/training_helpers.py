@@ -4,9 +4,9 @@ from pathlib import Path
 
 import mlflow
 
-from pipeline.config import ExperimentConfig, load_config
-from pipeline.datasets.synthetic import write_synthetic
-from pipeline.tracking import find_run
+from pipeline.config.schema import ExperimentConfig, load_config
+from pipeline.data.formats.synthetic import write_synthetic
+from pipeline.tracking.runs import find_run
 
 
 def tiny_config(root: Path, *overrides: str, experiment: str = "tests") -> ExperimentConfig:

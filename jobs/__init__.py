@@ -1,0 +1,1 @@
+"""Command-line entry points, each runnable as `python jobs/X.py` and under `ray job submit`."""

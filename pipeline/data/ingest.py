@@ -1,0 +1,367 @@
+"""Reading prepared shards into Ray Data: augmented training data, full-size evaluation data.
+
+Shard rows (see pipeline/data/shards.py) hold encoded image and mask bytes; decoding and
+augmentation run in Ray Data `map_batches` tasks on CPUs, so training workers only receive
+ready arrays.
+
+Randomness, and the guarantee given:
+- Augmentation of a sample is a pure function of (seed, epoch, sample id): every sample gets
+  its own `np.random.Generator` seeded from those three, so what a sample looks like does not
+  depend on which task, batch or worker it lands in.
+- The epoch is `first_epoch + k` where k counts the completed passes of this Dataset object
+  (Ray Data's execution index, the same counter its own `RandomSeedConfig(...,
+  reseed_after_execution=True)` uses). Ray Train re-executes the pipeline once per epoch, so
+  each epoch gets fresh augmentation, reproducible from the seed. Pass `epoch=` to pin it
+  instead (a dataset built per epoch by the caller, or a test). After a resume, build the
+  dataset with `first_epoch=<epoch to resume at>`.
+- Row order (default `IngestOptions.shuffle="window"`): every pass reads the shard files in
+  a new order, seeded from (seed, first_epoch) and the execution index, and permutes each
+  window of `shuffle_window` consecutive encoded rows with a generator seeded from (seed,
+  epoch, the window's first sample id). Random across epochs and reproducible from the seed
+  up to Ray's parallel task completion order (exact order needs
+  `DataContext.execution_options.preserve_order`). This is a windowed shuffle, not a
+  uniform one: rows of one shard stay within about `shuffle_window` rows of each other
+  before they reach the trainer, so shards should not be sorted by class (converters write
+  them in data set order), and a consumer may add `iter_torch_batches(...,
+  local_shuffle_buffer_size=..., local_shuffle_seed=epoch)` to mix further.
+  `shuffle="rows"` restores a full `random_shuffle` of the encoded rows: an all-to-all
+  exchange whose memory grows with the data set. On 200 VOC-sized images and 2 CPUs both
+  ran at about 0.45x of a 2-worker DataLoader when the machine was quiet; under load the
+  windowed default was ahead in 3 of 4 interleaved comparisons (benchmarks/ingest.py).
+
+Evaluation data keeps every image at its original size; see `eval_dataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from dataclasses import fields as fields_of
+from typing import Any, Literal
+
+import numpy as np
+import ray
+import ray.data
+import ray.train
+from ray.data import DataContext, RandomSeedConfig
+
+from pipeline.data.shards import Manifest
+from pipeline.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AugmentationConfig,
+    augment_sample,
+    decode_image,
+    decode_mask,
+    normalize,
+)
+
+TRAIN_SPLIT_NAMES = ("train",)
+SAMPLE_COLUMNS = ["id", "image", "mask"]
+
+
+ShuffleMode = Literal["rows", "window", "files"]
+SHUFFLE_MODES: tuple[ShuffleMode, ...] = ("rows", "window", "files")
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """Throughput knobs of the decode + augment stage (defaults measured by benchmarks/ingest.py).
+
+    batch_size: rows per augmented output block. 32 (fewer blocks, less per-block overhead)
+        was the best under load and level with 8 on a quiet machine; at a 512 crop a block is
+        about 170 MB (3x512x512 float32 image + 512x512 int64 mask per row), so lower it
+        where the object store is small.
+    num_cpus: CPUs reserved per decode/augment task (or actor).
+    concurrency: maximum parallel tasks (None: as many as the free CPUs allow); with
+        `actors` the fixed size of the actor pool (None: one actor per whole CPU requested).
+    shuffle: how rows are reordered every epoch, always seeded from (seed, epoch):
+        "rows": a full `random_shuffle` of the encoded rows (an all-to-all exchange);
+        "window": shard files in a new order, then each run of `shuffle_window` encoded rows
+            permuted before decoding (no exchange, so reading, decoding and augmenting fuse
+            into one task);
+        "files": only the order of shard files changes.
+    shuffle_window: encoded rows permuted together in "window" mode (about 100 kB each for
+        VOC-sized JPEGs, so 64 rows hold a few MB before decoding).
+    actors: run decode/augment on a pool of long-lived actors instead of tasks.
+    split_reads: ask the reader for one block per augment call (`override_num_blocks`).
+        Without it Ray Data bundles small shard files into a single block, which a single
+        task then decodes alone while the other CPUs idle (measured: the main ingest gap).
+    """
+
+    batch_size: int = 32
+    num_cpus: float = 1.0
+    concurrency: int | None = None
+    shuffle: ShuffleMode = "window"
+    shuffle_window: int = 64
+    actors: bool = False
+    split_reads: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"IngestOptions.batch_size must be >= 1, got {self.batch_size}")
+        if self.num_cpus <= 0:
+            raise ValueError(f"IngestOptions.num_cpus must be > 0, got {self.num_cpus}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError(
+                f"IngestOptions.concurrency must be None or >= 1, got {self.concurrency}"
+            )
+        if self.shuffle not in SHUFFLE_MODES:
+            raise ValueError(
+                f"IngestOptions.shuffle must be one of {SHUFFLE_MODES}, got {self.shuffle!r}"
+            )
+        if self.shuffle_window < 1:
+            raise ValueError(
+                f"IngestOptions.shuffle_window must be >= 1, got {self.shuffle_window}"
+            )
+
+    @property
+    def rows_per_call(self) -> int:
+        """Encoded rows handed to one augment call: a shuffle window or one output block."""
+        return self.shuffle_window if self.shuffle == "window" else self.batch_size
+
+    def read_blocks(self, rows: int, rows_per_block: int) -> int | None:
+        """`override_num_blocks` for a split of `rows` rows (None: Ray Data decides)."""
+        return max(1, -(-rows // rows_per_block)) if self.split_reads else None
+
+
+def sample_seed(seed: int, epoch: int, sample_id: str) -> list[int]:
+    """Seed material for one sample's generator: stable across processes (no Python hash)."""
+    digest = hashlib.blake2b(sample_id.encode("utf-8"), digest_size=8).digest()
+    return [seed, epoch, int.from_bytes(digest, "little")]
+
+
+def _current_pass() -> int:
+    """How many times this Dataset has been executed before the current pass (0, 1, ...)."""
+    # Ray Data installs the executing dataset's DataContext in each task; its execution index
+    # is what Ray's own reseed_after_execution shuffles use to vary per epoch.
+    return int(DataContext.get_current()._execution_idx)
+
+
+@dataclass(frozen=True)
+class _AugmentBatch:
+    """map_batches callable: encoded rows -> blocks of image float32 (B, 3, H, W), mask int64
+    (B, H, W), B <= batch_size; with `shuffle_window` the encoded rows are permuted first."""
+
+    augmentation: AugmentationConfig
+    seed: int
+    first_epoch: int
+    epoch: int | None
+    batch_size: int
+    shuffle_window: bool
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        epoch = self.epoch if self.epoch is not None else self.first_epoch + _current_pass()
+        count = len(batch["id"])
+        order = np.arange(count)
+        if self.shuffle_window and count > 1:
+            # The window's content is fixed by the (seeded) file order, so seeding from its
+            # first row makes the permutation reproducible without any shared state.
+            window_seed = sample_seed(self.seed, epoch, f"window:{batch['id'][0]}")
+            order = np.random.default_rng(window_seed).permutation(count)
+        for start in range(0, count, self.batch_size):
+            yield self._augment(batch, order[start : start + self.batch_size], epoch)
+
+    def _augment(
+        self, batch: dict[str, np.ndarray], indices: np.ndarray, epoch: int
+    ) -> dict[str, np.ndarray]:
+        crop_height, crop_width = self.augmentation.crop_size
+        images = np.empty((len(indices), 3, crop_height, crop_width), dtype=np.float32)
+        masks = np.empty((len(indices), crop_height, crop_width), dtype=np.int64)
+        for position, index in enumerate(indices):
+            sample_id = str(batch["id"][index])
+            image, mask = _decode_pair(batch, int(index))
+            rng = np.random.default_rng(sample_seed(self.seed, epoch, sample_id))
+            images[position], masks[position] = augment_sample(image, mask, self.augmentation, rng)
+        return {"image": images, "mask": masks}
+
+
+def _decode_pair(batch: dict[str, np.ndarray], index: int) -> tuple[np.ndarray, np.ndarray]:
+    sample_id = batch["id"][index]
+    try:
+        image = decode_image(batch["image"][index])
+        mask = decode_mask(batch["mask"][index])
+    except ValueError as error:
+        raise ValueError(f"sample {sample_id!r}: {error}") from error
+    if image.shape[:2] != mask.shape:
+        raise ValueError(
+            f"sample {sample_id!r}: image is {image.shape[:2]} but mask is {mask.shape}; "
+            f"re-run the data preparation job for this data set"
+        )
+    return image, mask
+
+
+def _shuffle_seed(seed: int, first_epoch: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{first_epoch}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
+
+
+def train_dataset(
+    manifest: Manifest,
+    split: str,
+    augmentation: AugmentationConfig,
+    seed: int,
+    *,
+    first_epoch: int = 0,
+    epoch: int | None = None,
+    ingest: IngestOptions | None = None,
+) -> ray.data.Dataset:
+    """Augmented training samples of one split, reshuffled and re-augmented every epoch.
+
+    Columns: `image` float32 (3, crop_h, crop_w) normalised, `mask` int64 (crop_h, crop_w)
+    with ignore_index on padding; every row has the crop shape, so `iter_torch_batches`
+    stacks them into (B, 3, H, W) / (B, H, W). See the module docstring for which randomness
+    is reproducible: augmentation depends only on (seed, epoch, sample id), with epoch =
+    `first_epoch` + number of completed passes, unless `epoch` pins it.
+    """
+    ingest = ingest or IngestOptions()
+    shuffle_seed = _shuffle_seed(seed, first_epoch)
+    reseeded = RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True)
+    dataset = ray.data.read_parquet(
+        manifest.shard_uris(split),
+        shuffle=ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True),
+        override_num_blocks=ingest.read_blocks(manifest.splits[split].rows, ingest.rows_per_call),
+    ).select_columns(SAMPLE_COLUMNS)
+    if ingest.shuffle == "rows":
+        dataset = dataset.random_shuffle(seed=reseeded)
+    augment = _AugmentBatch(
+        augmentation,
+        seed,
+        first_epoch,
+        epoch,
+        batch_size=ingest.batch_size,
+        shuffle_window=ingest.shuffle == "window",
+    )
+    return _map_encoded_rows(dataset, augment, ingest)
+
+
+def _map_encoded_rows(
+    dataset: ray.data.Dataset, function: Any, ingest: IngestOptions
+) -> ray.data.Dataset:
+    """Apply a frozen-dataclass batch callable on tasks, or on an actor pool (one copy each)."""
+    options: dict[str, Any] = {
+        "batch_size": ingest.rows_per_call,
+        "batch_format": "numpy",
+        "num_cpus": ingest.num_cpus,
+        "zero_copy_batch": True,
+    }
+    if not ingest.actors:
+        tasks = ray.data.TaskPoolStrategy(size=ingest.concurrency)
+        return dataset.map_batches(function, compute=tasks, **options)
+    pool_size = ingest.concurrency or max(1, int(ray.available_resources().get("CPU", 1)))
+    fields = {field.name: getattr(function, field.name) for field in fields_of(function)}
+    return dataset.map_batches(
+        type(function),
+        fn_constructor_kwargs=fields,
+        compute=ray.data.ActorPoolStrategy(size=pool_size),
+        **options,
+    )
+
+
+@dataclass(frozen=True)
+class _NormalizeBatch:
+    """map_batches callable for evaluation: decode, normalise, keep the original size."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    keep_uint8: bool
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        ids, images, masks, originals = [], [], [], []
+        for index in range(len(batch["id"])):
+            image, mask = _decode_pair(batch, index)
+            ids.append(str(batch["id"][index]))
+            images.append(normalize(image, self.mean, self.std))
+            masks.append(mask.astype(np.int64))
+            originals.append(image)
+        columns: dict[str, Any] = {"id": np.array(ids, dtype=object)}
+        columns["image"] = _ragged(images)
+        columns["mask"] = _ragged(masks)
+        if self.keep_uint8:
+            columns["image_uint8"] = _ragged(originals)
+        return columns
+
+
+def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    """A 1-D object array of per-row arrays: Ray Data stores it as a variable-shaped tensor."""
+    holder = np.empty(len(arrays), dtype=object)
+    for index, array in enumerate(arrays):
+        holder[index] = array
+    return holder
+
+
+def eval_dataset(
+    manifest: Manifest,
+    split: str,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    *,
+    keep_uint8: bool = False,
+    ingest: IngestOptions | None = None,
+) -> ray.data.Dataset:
+    """Every sample of a split at its original size, in shard order, each exactly once.
+
+    Columns: `id` str, `image` float32 (3, h, w) normalised, `mask` int64 (h, w) (labels
+    never resized), and with keep_uint8 also `image_uint8` uint8 (h, w, 3) for drawing.
+    Sizes differ between rows, so Ray Data stores image/mask as variable-shaped tensors:
+    iterate with `iter_batches(batch_size=1, batch_format="numpy")` and take `batch["image"][0]`
+    (with larger batches `batch["image"]` is an object array of per-row arrays).
+    """
+    ingest = ingest or IngestOptions()
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"eval_dataset: mean and std need 3 RGB values, got {mean}, {std}")
+    dataset = ray.data.read_parquet(
+        manifest.shard_uris(split),
+        override_num_blocks=ingest.read_blocks(manifest.splits[split].rows, ingest.batch_size),
+    ).select_columns(SAMPLE_COLUMNS)
+    return dataset.map_batches(
+        _NormalizeBatch(tuple(mean), tuple(std), keep_uint8),
+        batch_size=ingest.batch_size,
+        batch_format="numpy",
+        num_cpus=ingest.num_cpus,
+        compute=ray.data.TaskPoolStrategy(size=ingest.concurrency),
+        zero_copy_batch=True,
+    )
+
+
+class SegmentationDataConfig(ray.train.DataConfig):
+    """Ray Train data config: training splits split evenly, evaluation splits exactly.
+
+    Datasets named in `train_split_names` are streamed with `equal=True` (every worker gets
+    the same number of rows per epoch, a few rows may be dropped, which keeps DDP steps in
+    lockstep). Every other dataset is streamed with `equal=False`, so across all workers
+    each row is read exactly once: no row dropped or repeated to even out the shards, as
+    exact metrics need. Workers may then receive different numbers of rows.
+    """
+
+    def __init__(self, train_split_names: Sequence[str] = TRAIN_SPLIT_NAMES) -> None:
+        super().__init__(datasets_to_split="all")
+        self.train_split_names = tuple(train_split_names)
+
+    def configure(
+        self,
+        datasets: dict[str, ray.data.Dataset],
+        world_size: int,
+        worker_handles: Any,
+        worker_node_ids: Any,
+        **kwargs: Any,
+    ) -> list[dict[str, Any]]:
+        output: list[dict[str, Any]] = [{} for _ in range(world_size)]
+        locality_hints = worker_node_ids if self._enable_shard_locality else None
+        for name, dataset in datasets.items():
+            if dataset.name is None:
+                dataset.set_name(name)
+            dataset = dataset.copy(dataset)
+            dataset.context.execution_options = self._resolve_execution_options(name)
+            splits = dataset.streaming_split(
+                world_size, equal=name in self.train_split_names, locality_hints=locality_hints
+            )
+            for rank, split_iterator in enumerate(splits):
+                output[rank][name] = split_iterator
+        return output
+
+
+def data_config(train_split_name: str = "train") -> SegmentationDataConfig:
+    """The `dataset_config` for `TorchTrainer`: `train_split_name` even, everything else exact."""
+    return SegmentationDataConfig((train_split_name,))

@@ -1,0 +1,187 @@
+"""Exact split metrics: per-image intersection / union / confusion counts, summed.
+
+Two ways to get the same numbers, count for count: `count_split_distributed` runs the model on
+a Ray Data actor pool (one model per actor) whose actors return per-image count rows, summed on
+the driver; `evaluate_locally` is the plain single-process loop used as its reference.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from apcnet.metrics import SegmentationScores, intersection_union, scores_from_counts
+from pipeline.evaluate.model import ActorPoolPlan, prepare_actor_model
+from pipeline.evaluate.testtime import TestTimeOptions, predict_label_map
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    """One labelled image: image float32 (3, H, W) normalised, mask int64 (H, W)."""
+
+    id: str
+    image: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass
+class SplitCounts:
+    """Counts summed over a split.
+
+    intersection_union: int64 (3, C), rows [intersection, union, label area].
+    confusion: int64 (C, C), rows ground truth, columns prediction (labelled pixels only).
+    per_image: image id -> that image's int64 (3, C) counts.
+    workers: ids of the processes that counted (one per actor that received work).
+    """
+
+    intersection_union: np.ndarray
+    confusion: np.ndarray
+    per_image: dict[str, np.ndarray] = field(default_factory=dict)
+    workers: set[str] = field(default_factory=set)
+
+    @classmethod
+    def empty(cls, num_classes: int) -> SplitCounts:
+        return cls(
+            np.zeros((3, num_classes), dtype=np.int64),
+            np.zeros((num_classes, num_classes), dtype=np.int64),
+        )
+
+    @property
+    def num_images(self) -> int:
+        return len(self.per_image)
+
+    @property
+    def labelled_pixels(self) -> int:
+        return int(self.intersection_union[2].sum())
+
+    def add(self, image_id: str, counts: np.ndarray, confusion: np.ndarray) -> None:
+        """Add one image's (3, C) counts and (C, C) confusion; each image id at most once."""
+        if image_id in self.per_image:
+            raise ValueError(f"image {image_id!r} was counted twice: sample ids must be unique")
+        self.per_image[image_id] = np.asarray(counts, dtype=np.int64)
+        self.intersection_union += counts
+        self.confusion += confusion
+
+    def scores(self) -> SegmentationScores:
+        """mIoU, pixel accuracy and per-class IoU from the summed counts (REFERENCE.md)."""
+        return scores_from_counts(torch.from_numpy(self.intersection_union))
+
+
+def image_counts(
+    prediction: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image's counts over pixels whose label is not `ignore_index`.
+
+    prediction, target: integer (H, W). Returns int64 (3, C) [intersection, union, label area]
+    and int64 (C, C) confusion (rows ground truth, columns prediction).
+    """
+    # Copies: arrays handed over by Ray Data are read-only views of Arrow memory.
+    predicted = torch.from_numpy(np.array(prediction, dtype=np.int64))
+    labels = torch.from_numpy(np.array(target, dtype=np.int64))
+    counts = torch.stack(intersection_union(predicted, labels, num_classes, ignore_index))
+    labelled = labels != ignore_index
+    pairs = labels[labelled] * num_classes + predicted[labelled]
+    confusion = torch.bincount(pairs, minlength=num_classes * num_classes)
+    return counts.numpy(), confusion.reshape(num_classes, num_classes).numpy()
+
+
+def evaluate_locally(
+    model: nn.Module,
+    samples: Iterable[EvalSample],
+    options: TestTimeOptions,
+    num_classes: int,
+    ignore_index: int = 255,
+) -> SplitCounts:
+    """The single-process reference: predict every sample in turn and sum its counts."""
+    model = model.eval()
+    totals = SplitCounts.empty(num_classes)
+    for sample in samples:
+        prediction = predict_label_map(model, sample.image, options)
+        totals.add(sample.id, *image_counts(prediction, sample.mask, num_classes, ignore_index))
+    return totals
+
+
+class SplitCounter:
+    """Ray Data actor: one model per actor; a batch of samples in, per-image count rows out.
+
+    Input batch columns: id, image (float32 (3, H, W) each), mask (int64 (H, W) each).
+    Output columns: id, counts int64 (B, 3, C), confusion int64 (B, C, C), worker (this
+    actor's process). Images are never sent back: only counts travel to the driver.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | object,
+        options: TestTimeOptions,
+        num_classes: int,
+        ignore_index: int,
+        torch_threads: int,
+    ) -> None:
+        self.model = prepare_actor_model(model, torch_threads)
+        self.options = options
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        all_counts, all_confusions = [], []
+        for image, mask in zip(batch["image"], batch["mask"], strict=True):
+            prediction = predict_label_map(self.model, image, self.options)
+            counts, confusion = image_counts(prediction, mask, self.num_classes, self.ignore_index)
+            all_counts.append(counts)
+            all_confusions.append(confusion)
+        return {
+            "id": np.asarray(batch["id"]),
+            "counts": np.stack(all_counts),
+            "confusion": np.stack(all_confusions),
+            "worker": np.asarray([self.worker] * len(all_counts)),
+        }
+
+
+def count_split_distributed(
+    model: nn.Module,
+    dataset,
+    options: TestTimeOptions,
+    num_classes: int,
+    ignore_index: int,
+    pool: ActorPoolPlan,
+    batch_size: int = 1,
+) -> SplitCounts:
+    """Counts over a Ray Dataset of samples (columns id, image, mask), computed on an actor
+    pool of `pool.actors` model actors and summed on the driver."""
+    import ray
+
+    model_ref = ray.put(model.cpu().eval())
+    # Blocks of `batch_size` rows (streaming, no shuffle): a block goes to one actor, so small
+    # blocks spread the split over the whole pool.
+    samples = dataset.select_columns(["id", "image", "mask"])
+    samples = samples.repartition(target_num_rows_per_block=batch_size)
+    counted = samples.map_batches(
+        SplitCounter,
+        fn_constructor_kwargs={
+            "model": model_ref,
+            "options": options,
+            "num_classes": num_classes,
+            "ignore_index": ignore_index,
+            "torch_threads": pool.torch_threads,
+        },
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=pool.actors),
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus or None,
+    )
+    totals = SplitCounts.empty(num_classes)
+    for batch in counted.iter_batches(batch_format="numpy", batch_size=64):
+        for image_id, counts, confusion in zip(
+            batch["id"], batch["counts"], batch["confusion"], strict=True
+        ):
+            totals.add(str(image_id), counts, confusion)
+        totals.workers.update(str(worker) for worker in batch["worker"])
+    return totals

@@ -1,0 +1,234 @@
+"""A trained model ready for inference, with what its predictions mean; the actor pool to run it.
+
+Three sources: this project's checkpoint (a file, or a Ray checkpoint folder holding
+`checkpoint.pt`), a training run's best checkpoint (by run name), or a reference-toolbox
+(MMSegmentation) APCNet checkpoint whose class names and palette come from a data manifest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class InferenceError(ValueError):
+    """A checkpoint, data set or option that cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class InferenceModel:
+    """A model in eval mode on the CPU plus the facts needed to use and report its output.
+
+    mean, std: per-channel input normalisation on 0-255 RGB values.
+    manifest: the data set the model was trained on (None when unknown).
+    training_run: the name of the training run that produced it (None when unknown).
+    """
+
+    model: nn.Module
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    ignore_index: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str
+    manifest: str | None = None
+    training_run: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint file behind `path`: the file itself, or `<folder>/checkpoint.pt`."""
+    location = Path(path).expanduser()
+    if location.is_dir():
+        location = location / CHECKPOINT_FILE
+    if not location.is_file():
+        raise InferenceError(
+            f"checkpoint {path} not found: pass a checkpoint file or a Ray checkpoint folder "
+            f"containing {CHECKPOINT_FILE}"
+        )
+    return location.resolve()
+
+
+def load_project_checkpoint(path: str | Path) -> InferenceModel:
+    """Load this project's checkpoint (file or Ray checkpoint folder) for inference.
+
+    Raises InferenceError when the file is missing, unreadable or not a checkpoint of this
+    project.
+    """
+    from apcnet.checkpoint import build_model, load_checkpoint
+
+    location = checkpoint_file(path)
+    try:
+        loaded = load_checkpoint(location)
+        model = build_model(loaded)
+    except Exception as error:  # any failure to read means the same thing to the user
+        raise InferenceError(
+            f"cannot read checkpoint {location}: {error}. Pass a checkpoint written by this "
+            "project's training (or use --mmseg-checkpoint for a reference-toolbox file)"
+        ) from error
+    extra = dict(loaded.extra or {})
+    return InferenceModel(
+        model=model.eval(),
+        class_names=tuple(loaded.class_names),
+        palette=tuple(tuple(int(v) for v in colour) for colour in loaded.palette),
+        ignore_index=int(loaded.ignore_index),
+        mean=tuple(float(v) for v in loaded.mean),
+        std=tuple(float(v) for v in loaded.std),
+        source=str(location),
+        # Training stores the data set as "manifest_path"; "manifest" is accepted too.
+        manifest=extra.get("manifest_path") or extra.get("manifest"),
+        training_run=extra.get("run_name") or _run_name_from_folder(location),
+    )
+
+
+def _run_name_from_folder(location: Path) -> str | None:
+    """Ray Train keeps checkpoints at `<storage>/<run name>/checkpoint_<n>/checkpoint.pt`."""
+    folder = location.parent
+    if folder.name.startswith("checkpoint_"):
+        return folder.parent.name
+    return None
+
+
+def load_run_checkpoint(run_name: str, storage_path: str | None = None) -> InferenceModel:
+    """The best checkpoint of the training run `run_name` under `storage_path`
+    (default `<home>/runs`)."""
+    from pipeline.train.run_checkpoints import best_checkpoint
+
+    try:
+        folder = best_checkpoint(run_name, storage_path)
+    except Exception as error:
+        raise InferenceError(
+            f"no checkpoint found for training run {run_name!r}: {error}. Check the run name "
+            "(and --storage-path when the run was stored elsewhere)"
+        ) from error
+    loaded = load_project_checkpoint(folder)
+    return replace(loaded, training_run=run_name)
+
+
+def load_mmseg_checkpoint(
+    path: str | Path, class_names: tuple[str, ...], palette, ignore_index: int
+) -> InferenceModel:
+    """A reference-toolbox APCNet checkpoint, with that toolbox's input normalisation and the
+    class names / palette of the data set it will be used on."""
+    from apcnet import MMSEG_MEAN, MMSEG_STD, from_mmseg
+
+    location = Path(path).expanduser()
+    if not location.is_file():
+        raise InferenceError(f"--mmseg-checkpoint {path} is not a file")
+    try:
+        model = from_mmseg(location)
+    except Exception as error:
+        raise InferenceError(
+            f"cannot read reference-toolbox checkpoint {location}: {error}. Pass an "
+            "MMSegmentation APCNet checkpoint (a torch file with a 'state_dict')"
+        ) from error
+    return InferenceModel(
+        model=model.eval(),
+        class_names=tuple(class_names),
+        palette=tuple(tuple(int(v) for v in colour) for colour in palette),
+        ignore_index=int(ignore_index),
+        mean=tuple(float(v) for v in MMSEG_MEAN),
+        std=tuple(float(v) for v in MMSEG_STD),
+        source=str(location.resolve()),
+    )
+
+
+def model_num_classes(model: nn.Module) -> int:
+    """How many classes the model predicts, read from its constructor arguments."""
+    arguments = getattr(model, "arguments", None)
+    if arguments is None:
+        raise InferenceError(f"{type(model).__name__} does not record its constructor arguments")
+    values = arguments if isinstance(arguments, dict) else arguments.__dict__
+    return int(values["num_classes"])
+
+
+def check_classes_match(
+    inference_model: InferenceModel, class_names: tuple[str, ...], data_source: str
+) -> None:
+    """Raise InferenceError unless the model predicts the data set's classes.
+
+    The number of classes must match; the names too when the checkpoint records names.
+    """
+    predicted = model_num_classes(inference_model.model)
+    if predicted != len(class_names):
+        raise InferenceError(
+            f"{inference_model.source} predicts {predicted} classes but the data set "
+            f"{data_source} has {len(class_names)}: evaluate with the data set the model was "
+            "trained on (--data)"
+        )
+    names = inference_model.class_names
+    if names and tuple(names) != tuple(class_names):
+        differing = [
+            f"{index}: {ours!r} vs {theirs!r}"
+            for index, (ours, theirs) in enumerate(zip(names, class_names, strict=True))
+            if ours != theirs
+        ]
+        raise InferenceError(
+            f"class names of {inference_model.source} differ from those of {data_source} "
+            f"({'; '.join(differing[:5])}): evaluate with the data set the model was trained on"
+        )
+
+
+@dataclass(frozen=True)
+class ActorPoolPlan:
+    """How many model actors to start and what each one reserves."""
+
+    actors: int
+    num_cpus: float
+    num_gpus: float
+
+    @property
+    def torch_threads(self) -> int:
+        """Intra-op threads per actor: one per reserved CPU, at least one."""
+        return max(1, math.floor(self.num_cpus))
+
+
+def plan_actor_pool(
+    actors: int | None = None,
+    cpus_per_actor: float | None = None,
+    cluster_resources: dict[str, float] | None = None,
+) -> ActorPoolPlan:
+    """Size the actor pool from the options or the cluster.
+
+    With GPUs: one actor per GPU (num_gpus=1, one CPU each). CPU only: the actors together
+    reserve at most half the cluster's CPUs (the rest reads and decodes the data), one actor per
+    two CPUs by default; on a 2-core machine that is one actor with one CPU, or two at 0.5 each
+    with `actors=2`.
+    """
+    if cluster_resources is None:
+        import ray
+
+        cluster_resources = ray.cluster_resources()
+    total_cpus = float(cluster_resources.get("CPU", 1.0))
+    total_gpus = int(cluster_resources.get("GPU", 0))
+    if actors is not None and actors < 1:
+        raise InferenceError(f"--actors must be at least 1, got {actors}")
+    if cpus_per_actor is not None and cpus_per_actor <= 0:
+        raise InferenceError(f"--cpus-per-actor must be positive, got {cpus_per_actor}")
+    if total_gpus > 0:
+        pool = actors or total_gpus
+        return ActorPoolPlan(pool, cpus_per_actor or 1.0, 1.0)
+    pool = actors or max(1, int(total_cpus // 2))
+    share = cpus_per_actor or min(1.0, total_cpus / (2 * pool))
+    return ActorPoolPlan(pool, share, 0.0)
+
+
+def prepare_actor_model(model: nn.Module | object, threads: int) -> nn.Module:
+    """Inside an actor: fetch the model if it came as an object reference, move it to the GPU
+    when there is one, set the CPU thread count, switch to eval mode."""
+    import ray
+
+    if isinstance(model, ray.ObjectRef):
+        model = ray.get(model)
+    torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval()

@@ -1,0 +1,409 @@
+"""The training driver: data set, TorchTrainer, fit, and what a run's name means.
+
+`fit_run` trains one named run and is what Ray Tune calls per trial. `train` wraps it for the
+job: a run whose folder is marked complete is reported and left alone; any other existing run
+resumes from its latest checkpoint (Ray restores a run from the same RunConfig name and
+storage path); a new name starts from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import ray
+import ray.train
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from pipeline.config.schema import (
+    ConfigError,
+    ExperimentConfig,
+    config_to_dict,
+    config_to_yaml,
+    flatten_config,
+)
+from pipeline.data.majority_baseline import class_pixel_counts, majority_class_miou
+from pipeline.data.shards import Manifest, load_manifest, manifest_digest
+from pipeline.paths import apcnet_home
+from pipeline.train.run_checkpoints import (
+    SCORE_METRIC,
+    best_checkpoint,
+    latest_checkpoint,
+    run_folder,
+)
+from pipeline.train.run_records import (
+    CONFIG_FILE,
+    completed_summary,
+    storage_root,
+    stored_config,
+    write_complete_marker,
+    write_once,
+)
+from pipeline.train.state import RunDescription, read_progress
+from pipeline.train.worker import (
+    NONFINITE_STATUS,
+    TRAIN_SPLIT,
+    VAL_SPLIT,
+    LoopSettings,
+    train_loop_per_worker,
+)
+
+RUN_NAME_TAG = "apcnet.run_name"
+MANIFEST_HASH_TAG = "apcnet.data_manifest_sha256"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss became NaN or infinite (not a worker failure)."""
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What a training run produced. `history` holds each reported epoch's metrics in order."""
+
+    run_name: str
+    status: Literal["finished", "already_complete"]
+    run_folder: Path
+    best_val_miou: float | None
+    best_checkpoint: Path | None
+    latest_checkpoint: Path | None
+    history: tuple[dict[str, float], ...] = ()
+    mlflow_run_id: str | None = None
+    majority_baseline_miou: float | None = None
+    final_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_data(config: ExperimentConfig) -> str:
+    """The shard folder to train on; the synthetic set is generated on first use.
+
+    Its folder is `<home>/data/synthetic-<hash of its options and the generator version>`, so
+    changing an option or the scenes makes a new set and never mixes two.
+    """
+    if config.data.path is not None:
+        return config.data.path
+    from pipeline.data.formats.synthetic import GENERATOR_VERSION, write_synthetic
+
+    options = config_to_dict(config.data.synthetic)
+    key = {**options, "generator_version": GENERATOR_VERSION}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    folder = apcnet_home() / "data" / f"synthetic-{digest}"
+    if not (folder / "manifest.json").is_file():
+        write_synthetic(folder, overwrite=True, **options)
+    return str(folder)
+
+
+def train(config: ExperimentConfig, run_name: str) -> TrainOutcome:
+    """Train `run_name` to completion: start it, resume it, or report that it is complete.
+
+    The majority-class baseline mIoU of the val split is computed for comparison.
+    Raises ConfigError when an existing run is named with a different config.
+    """
+    storage = storage_root(config)
+    summary = completed_summary(run_name, storage)
+    if summary is not None:
+        return TrainOutcome(
+            run_name=run_name,
+            status="already_complete",
+            run_folder=run_folder(run_name, storage),
+            best_val_miou=summary.get("best_val_miou"),
+            best_checkpoint=_optional_path(summary.get("best_checkpoint")),
+            latest_checkpoint=_optional_path(summary.get("latest_checkpoint")),
+            mlflow_run_id=summary.get("mlflow_run_id"),
+            majority_baseline_miou=summary.get("majority_baseline_miou"),
+        )
+    previous = stored_config(run_name, storage)
+    if previous is not None and previous != config:
+        changed = _changed_keys(previous, config)
+        raise ConfigError(
+            f"run {run_name!r} in {run_folder(run_name, storage)} was started with a different "
+            f"config (changed: {', '.join(changed)}); resume it without --config/--set, or "
+            "choose a new --name for the new config"
+        )
+    data_path = prepare_data(config)
+    manifest = load_manifest(data_path)
+    baseline = majority_class_miou(class_pixel_counts(manifest, config.data.val_split))
+    outcome = fit_run(config, run_name, storage_path=storage, baseline_miou=baseline)
+    return outcome
+
+
+def fit_run(
+    config: ExperimentConfig,
+    run_name: str,
+    *,
+    extra_callbacks: Sequence[UserCallback] = (),
+    mlflow_parent_run_id: str | None = None,
+    storage_path: str | Path | None = None,
+    baseline_miou: float | None = None,
+) -> TrainOutcome:
+    """Fit one named run with Ray Train and record it in MLflow; resume it if it exists.
+
+    Raises NonFiniteLossError when the loss became NaN/inf (no restart; the last good
+    checkpoint is kept), ray.train.TrainingFailedError when workers failed more than
+    `scaling.max_failures` times.
+    """
+    if not ray.is_initialized():
+        # Inside `ray job submit` this connects to the job's cluster; locally it starts one.
+        ray.init()
+    storage = storage_root(config, storage_path)
+    folder = run_folder(run_name, storage)
+    data_path = prepare_data(config)
+    manifest = load_manifest(data_path)
+    settings = _loop_settings(config, run_name, folder, manifest, data_path)
+    write_once(folder / CONFIG_FILE, config_to_yaml(config))
+
+    tracker = None
+    if config.tracking.enabled:
+        tracker = _open_driver_tracker(config, run_name, settings, mlflow_parent_run_id)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"settings": settings},
+        torch_config=TorchConfig(timeout_s=config.scaling.process_group_timeout_s),
+        scaling_config=ScalingConfig(
+            num_workers=config.scaling.num_workers,
+            use_gpu=config.scaling.use_gpu,
+            resources_per_worker=dict(config.scaling.resources_per_worker),
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=config.scaling.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=config.checkpointing.num_to_keep,
+                checkpoint_score_attribute=SCORE_METRIC,
+                checkpoint_score_order="max",
+            ),
+            callbacks=list(extra_callbacks),
+        ),
+        datasets=_datasets(config, manifest, _resume_epoch(run_name, storage)),
+        dataset_config=_data_config(),
+    )
+    try:
+        result = trainer.fit()
+    except BaseException:
+        if tracker is not None:
+            # A Tune trial that reached its last epoch is torn down by Tune; its callback
+            # on the driver may already have ended the run with the trial's real status.
+            tracker.set_terminated("FAILED", only_if_running=True)
+        raise
+    final = dict(result.metrics or {})
+    returned = result.return_value or {}
+    if returned.get("status") == NONFINITE_STATUS:
+        if tracker is not None:
+            tracker.set_tags({"apcnet.status": NONFINITE_STATUS})
+            tracker.set_terminated("FAILED")
+        latest = _try(latest_checkpoint, run_name, storage)
+        raise NonFiniteLossError(
+            f"run {run_name!r}: the training loss became NaN or infinite in epoch "
+            f"{returned['epoch']} at global iteration {returned['global_iteration']}; "
+            f"training stopped without a restart. Last good checkpoint: {latest or 'none'}. "
+            "Lower optimization.lr, set optimization.grad_clip_norm, or check the data."
+        )
+    best = _try(best_checkpoint, run_name, storage)
+    latest = _try(latest_checkpoint, run_name, storage)
+    best_metrics = _best_metrics(result)
+    outcome = TrainOutcome(
+        run_name=run_name,
+        status="finished",
+        run_folder=folder,
+        best_val_miou=best_metrics.get(SCORE_METRIC),
+        best_checkpoint=best,
+        latest_checkpoint=latest,
+        history=read_progress(latest.parent).history if latest is not None else (),
+        mlflow_run_id=tracker.run_id if tracker is not None else None,
+        majority_baseline_miou=baseline_miou,
+        final_metrics={k: v for k, v in final.items() if isinstance(v, int | float)},
+    )
+    if tracker is not None:
+        _log_final_artifacts(tracker, outcome, best_metrics, manifest)
+        tracker.set_terminated("FINISHED")
+    _write_complete_marker(outcome)
+    return outcome
+
+
+def _loop_settings(
+    config: ExperimentConfig, run_name: str, folder: Path, manifest: Manifest, data_path: str
+) -> LoopSettings:
+    workers = config.scaling.num_workers
+    per_worker_batch = config.optimization.batch_size // workers
+    for key, split in (
+        ("train_split", config.data.train_split),
+        ("val_split", config.data.val_split),
+    ):
+        if split not in manifest.splits:
+            raise ConfigError(
+                f"data set {data_path} has no split {split!r} (data.{key}); "
+                f"it has: {', '.join(sorted(manifest.splits))}"
+            )
+    train_rows = manifest.splits[config.data.train_split].rows
+    iterations_per_epoch = (train_rows // workers) // per_worker_batch
+    if iterations_per_epoch < 1:
+        raise ConfigError(
+            f"data set {data_path} split {config.data.train_split!r} has {train_rows} samples: "
+            f"too few for one step of optimization.batch_size={config.optimization.batch_size} "
+            f"over scaling.num_workers={workers}; lower the batch size or add data"
+        )
+    optimization = config.optimization
+    if optimization.iterations is not None:
+        total_iterations = optimization.iterations
+        total_epochs = math.ceil(total_iterations / iterations_per_epoch)
+    else:
+        assert optimization.epochs is not None
+        total_epochs = optimization.epochs
+        total_iterations = total_epochs * iterations_per_epoch
+    augmentation = config.data.augmentation
+    tracking_uri, experiment = _tracking_target(config)
+    from pipeline.tracking.runs import GIT_COMMIT_TAG, git_commit
+
+    return LoopSettings(
+        config=config,
+        run_name=run_name,
+        run_folder=str(folder),
+        description=RunDescription(
+            class_names=manifest.class_names,
+            palette=manifest.palette,
+            ignore_index=manifest.ignore_index,
+            mean=tuple(augmentation.mean),
+            std=tuple(augmentation.std),
+            config=config_to_dict(config),
+            manifest_path=_manifest_file(data_path),
+        ),
+        ignore_index=manifest.ignore_index,
+        iterations_per_epoch=iterations_per_epoch,
+        total_epochs=total_epochs,
+        total_iterations=total_iterations,
+        tracking_uri=tracking_uri,
+        experiment_name=experiment,
+        tracking_tags={GIT_COMMIT_TAG: git_commit()},
+    )
+
+
+def _tracking_target(config: ExperimentConfig) -> tuple[str, str]:
+    from pipeline.tracking.runs import resolve_tracking
+
+    return resolve_tracking(config.tracking.tracking_uri, config.tracking.experiment_name)
+
+
+def _open_driver_tracker(
+    config: ExperimentConfig,
+    run_name: str,
+    settings: LoopSettings,
+    parent_run_id: str | None,
+) -> Any:
+    """Open (or reopen) the run's MLflow run; log parameters, tags and the resolved config."""
+    from pipeline.tracking.runs import RunTracker
+
+    tracker = RunTracker.open(
+        run_name,
+        tracking_uri=settings.tracking_uri,
+        experiment=settings.experiment_name,
+        tags={
+            **settings.tracking_tags,
+            RUN_NAME_TAG: run_name,
+            MANIFEST_HASH_TAG: manifest_digest(settings.description.manifest_path),
+            "apcnet.data_manifest": settings.description.manifest_path,
+        },
+        parent_run_id=parent_run_id,
+    )
+    tracker.log_params(flatten_config(config))
+    tracker.log_text(config_to_yaml(config), "config.yaml")
+    return tracker
+
+
+def _log_final_artifacts(
+    tracker: Any, outcome: TrainOutcome, best_metrics: dict[str, Any], manifest: Manifest
+) -> None:
+    rows = [
+        (name, float(best_metrics.get(f"val_iou/{name}", float("nan"))))
+        for name in manifest.class_names
+    ]
+    tracker.log_table(rows, ["class", "iou"], "per_class_iou.csv")
+    tracker.log_table(rows, ["class", "iou"], "per_class_iou.md")
+    reference = {
+        "best_checkpoint": str(outcome.best_checkpoint),
+        "latest_checkpoint": str(outcome.latest_checkpoint),
+        "best_val_miou": outcome.best_val_miou,
+        "epoch": best_metrics.get("epoch"),
+    }
+    tracker.log_dict(reference, "best_checkpoint.json")
+
+
+def _best_metrics(result: Any) -> dict[str, Any]:
+    scored = [
+        metrics
+        for _, metrics in (result.best_checkpoints or [])
+        if isinstance(metrics.get(SCORE_METRIC), int | float)
+        and not math.isnan(metrics[SCORE_METRIC])
+    ]
+    return max(scored, key=lambda metrics: metrics[SCORE_METRIC]) if scored else {}
+
+
+def _write_complete_marker(outcome: TrainOutcome) -> None:
+    summary = {
+        "run_name": outcome.run_name,
+        "best_val_miou": outcome.best_val_miou,
+        "best_checkpoint": str(outcome.best_checkpoint) if outcome.best_checkpoint else None,
+        "latest_checkpoint": str(outcome.latest_checkpoint) if outcome.latest_checkpoint else None,
+        "mlflow_run_id": outcome.mlflow_run_id,
+        "majority_baseline_miou": outcome.majority_baseline_miou,
+        "finished_at": datetime.now().isoformat(timespec="seconds"),
+    }
+    write_complete_marker(outcome.run_folder, summary)
+
+
+def _datasets(config: ExperimentConfig, manifest: Manifest, first_epoch: int) -> dict[str, Any]:
+    """Train split augmented (re-augmented each epoch from data.seed), val split at full size."""
+    from pipeline.data.ingest import eval_dataset, train_dataset
+
+    augmentation = config.data.augmentation
+    return {
+        TRAIN_SPLIT: train_dataset(
+            manifest,
+            config.data.train_split,
+            augmentation,
+            config.data.seed,
+            first_epoch=first_epoch,
+        ),
+        VAL_SPLIT: eval_dataset(
+            manifest, config.data.val_split, augmentation.mean, augmentation.std
+        ),
+    }
+
+
+def _data_config() -> Any:
+    from pipeline.data.ingest import data_config
+
+    return data_config(TRAIN_SPLIT)
+
+
+def _resume_epoch(run_name: str, storage: Path) -> int:
+    """The last completed epoch of an existing run (0 for a new one)."""
+    latest = _try(latest_checkpoint, run_name, storage)
+    return read_progress(latest.parent).epoch if latest is not None else 0
+
+
+def _manifest_file(data_path: str) -> str:
+    if data_path.endswith(".json"):
+        return data_path
+    return data_path.rstrip("/") + "/manifest.json"
+
+
+def _changed_keys(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
+    before, after = flatten_config(old), flatten_config(new)
+    return [key for key in after if before.get(key) != after[key]]
+
+
+def _try(lookup: Any, run_name: str, storage: Path) -> Path | None:
+    try:
+        return lookup(run_name, storage)
+    except FileNotFoundError:
+        return None
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None

@@ -1,0 +1,396 @@
+"""Ray Tune search over the config's `tune.space`: one training job per trial, ASHA on top.
+
+Each trial is a Tune function trainable that rewrites the searched fields of the experiment
+config and calls the training driver (`pipeline.train.driver.fit_run`), the same code path as
+`jobs/train.py`; the TorchTrainer it builds reports every epoch to Tune through
+`TuneReportCallback`, which is what ASHA sees. (`Tuner(TorchTrainer(...))` does not work in
+Ray 2.60; this function form is the supported one.)
+
+A search has a name: Tune keeps its state in `<tune.storage_path>/<name>/`, MLflow holds a
+parent run of that name with one child run per trial. Running the same name again restores
+the Tune experiment: finished trials are kept, unfinished ones continue from their latest
+training checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator, Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from pipeline.config.schema import ExperimentConfig, config_to_dict, flatten_config
+from pipeline.config.typed import ConfigError
+from pipeline.paths import apcnet_home
+from pipeline.tracking.runs import RunTracker, resolve_tracking
+from pipeline.tune.space import (
+    LogUniform,
+    TuneSection,
+    apply_trial_parameters,
+    searched_values,
+    validate_tune_section,
+)
+from pipeline.tune.trials import (
+    SEARCH_KIND_TAG,
+    TRIAL_ID_TAG,
+    UNFINISHED,
+    TrackingTarget,
+    TrialRow,
+    TrialStatusCallback,
+    best_row,
+    classify_trial,
+    epochs_of,
+    format_trials_table,
+    record_search_result,
+    trial_run_name,
+)
+
+# Tune's own time axis: one reported result per training epoch.
+TIME_ATTRIBUTE = "training_iteration"
+# Read by Ray's State API client in every Ray process (ray.util.state).
+API_SERVER_ADDRESS_VARIABLE = "RAY_API_SERVER_ADDRESS"
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What a search produced.
+
+    trials: every trial of the search so far (resumed ones included), in trial order.
+    interrupted: the search stopped before all trials ended; run the same name to resume.
+    """
+
+    name: str
+    experiment_path: str
+    parent_run_id: str
+    trials: list[TrialRow]
+    best: TrialRow | None
+    interrupted: bool
+    resumed: bool
+    wall_time_s: float
+    table: str
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs besides its sampled parameters (picklable)."""
+
+    search_name: str
+    target: TrackingTarget
+    parent_run_id: str
+
+
+def tune_section_of(config: ExperimentConfig) -> TuneSection:
+    """The config's `tune` section (defaults where the config tree has none)."""
+    return getattr(config, "tune", None) or TuneSection()
+
+
+def build_param_space(tune_section: TuneSection) -> dict[str, Any]:
+    """The Ray Tune param space: grid_search lists for grid, choice/loguniform otherwise."""
+    space: dict[str, Any] = {}
+    for key, values in searched_values(tune_section.space).items():
+        if tune_section.search == "grid":
+            assert not isinstance(values, LogUniform)  # refused by validate_tune_section
+            space[key] = tune.grid_search(values)
+        elif isinstance(values, LogUniform):
+            space[key] = tune.loguniform(values.low, values.high)
+        else:
+            space[key] = tune.choice(values)
+    return space
+
+
+def count_trials(tune_section: TuneSection) -> int:
+    """How many trials the search runs in all: grid size x num_samples, or num_samples."""
+    if tune_section.search != "grid":
+        return tune_section.num_samples
+    size = 1
+    for values in searched_values(tune_section.space).values():
+        size *= len(values)  # type: ignore[arg-type]
+    return size * tune_section.num_samples
+
+
+def build_search_algorithm(tune_section: TuneSection, search_seed: int = 0) -> Searcher | Any:
+    """Grid and random search: Tune's variant generator; Optuna: TPE seeded for repeatability."""
+    if tune_section.search == "optuna":
+        import optuna
+
+        return OptunaSearch(
+            metric=tune_section.metric,
+            mode=tune_section.mode,
+            sampler=optuna.samplers.TPESampler(seed=search_seed),
+        )
+    # A variant generator is not a Searcher, so Tune's max_concurrent_trials does not reach
+    # it: the limit must be given here, or every trial would be started at once.
+    return BasicVariantGenerator(
+        max_concurrent=tune_section.max_concurrent_trials, random_state=search_seed
+    )
+
+
+def build_scheduler(tune_section: TuneSection, planned_epochs: int) -> TrialScheduler:
+    """ASHA over epochs up to the training length, or plain FIFO when ASHA is off."""
+    if not tune_section.asha.enabled:
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr=TIME_ATTRIBUTE,
+        max_t=planned_epochs,
+        grace_period=min(tune_section.asha.grace_period, planned_epochs),
+        reduction_factor=tune_section.asha.reduction_factor,
+    )
+
+
+def validate_search_config(config: ExperimentConfig) -> None:
+    """The training config must report the metric every epoch for ASHA to compare trials."""
+    tune_section = tune_section_of(config)
+    validate_tune_section(tune_section)
+    if config.optimization.epochs is None:
+        raise ConfigError(
+            "a search counts trial progress in epochs: set optimization.epochs (and "
+            "optimization.iterations=null)"
+        )
+    if tune_section.asha.enabled and config.evaluation.every_epochs != 1:
+        raise ConfigError(
+            f"ASHA compares {tune_section.metric} after every epoch, but "
+            f"evaluation.every_epochs={config.evaluation.every_epochs}; set "
+            "evaluation.every_epochs=1 or tune.asha.enabled=false"
+        )
+    # Fail on the driver, before any trial starts, if a searched field does not exist.
+    for parameters in _one_value_per_dimension(tune_section):
+        apply_trial_parameters(config, parameters)
+
+
+def run_search(
+    config: ExperimentConfig, name: str, *, num_samples: int | None = None
+) -> SearchOutcome:
+    """Run (or resume) the search `name` described by `config.tune`; returns its outcome.
+
+    Needs Ray (`ray.init()` is called when no instance is running). Prints Tune's progress;
+    the trials table is in the outcome and on the parent MLflow run.
+    """
+    started = time.perf_counter()
+    tune_section = tune_section_of(config)
+    if num_samples is not None:
+        tune_section = dataclasses.replace(tune_section, num_samples=num_samples)
+    validate_search_config(config)
+    planned_epochs = int(config.optimization.epochs or 0)
+    tracking_uri, experiment = resolve_tracking(
+        config.tracking.tracking_uri, config.tracking.experiment_name
+    )
+    target = TrackingTarget(tracking_uri, experiment)
+    # Trials and their training jobs must write to the store the driver resolved.
+    config = dataclasses.replace(
+        config,
+        tracking=dataclasses.replace(
+            config.tracking, tracking_uri=tracking_uri, experiment_name=experiment
+        ),
+    )
+    storage_path = Path(tune_section.storage_path or apcnet_home() / "tune").expanduser()
+    experiment_path = storage_path / name
+
+    parent = RunTracker.open(
+        name,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        tags={SEARCH_KIND_TAG: "search"},
+        description=f"Ray Tune search {name}: {tune_section.search}, ASHA "
+        f"{'on' if tune_section.asha.enabled else 'off'}",
+    )
+    parent.log_params({f"tune.{k}": v for k, v in flatten_config(tune_section).items()})
+    context = TrialContext(name, target, parent.run_id)
+    trainable = _trainable(config, context, tune_section)
+
+    if not ray.is_initialized():
+        init_local_ray()
+    resumed = tune.Tuner.can_restore(str(experiment_path))
+    if resumed:
+        tuner = tune.Tuner.restore(str(experiment_path), trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=build_param_space(tune_section),
+            tune_config=tune.TuneConfig(
+                metric=tune_section.metric,
+                mode=tune_section.mode,
+                search_alg=build_search_algorithm(tune_section),
+                scheduler=build_scheduler(tune_section, planned_epochs),
+                num_samples=tune_section.num_samples,
+                max_concurrent_trials=tune_section.max_concurrent_trials,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(storage_path),
+                callbacks=_driver_callbacks(
+                    name, target, parent.run_id, planned_epochs, tune_section
+                ),
+                verbose=1,
+            ),
+        )
+    results = tuner.fit()
+
+    rows = [
+        _row_of(result, name, tune_section.metric, tune_section.mode, planned_epochs)
+        for result in results
+    ]
+    rows.sort(key=lambda row: row.trial_id)
+    interrupted = any(row.status == UNFINISHED for row in rows) or len(rows) < count_trials(
+        tune_section
+    )
+    best_parameters = _best_parameters(rows, tune_section.mode)
+    best_config = (
+        config_to_dict(apply_trial_parameters(config, best_parameters))
+        if best_parameters is not None
+        else None
+    )
+    best = record_search_result(
+        parent, rows, metric=tune_section.metric, mode=tune_section.mode, best_config=best_config
+    )
+    parent.set_terminated("KILLED" if interrupted else "FINISHED")
+    return SearchOutcome(
+        name=name,
+        experiment_path=str(experiment_path),
+        parent_run_id=parent.run_id,
+        trials=rows,
+        best=best,
+        interrupted=interrupted,
+        resumed=resumed,
+        wall_time_s=time.perf_counter() - started,
+        table=format_trials_table(rows, tune_section.metric, tune_section.mode),
+    )
+
+
+def init_local_ray(**init_options: Any) -> None:
+    """Start a local Ray instance (with its dashboard) that its own processes can find.
+
+    Ray Train's placement-group cleaner, a detached actor, asks the State API whether a
+    trial's training controller is still alive. Without an address it guesses the cluster,
+    and when several Ray instances run on one machine (other users' jobs, test sessions) the
+    guess raises, the cleaner dies, and the placement group of every trial ASHA stops is never
+    removed: later trials then wait for CPUs forever. So the dashboard (which serves the State
+    API) gets a known port, and its URL is put in the environment every Ray process of this
+    instance inherits. `init_options` go to `ray.init` (e.g. num_cpus, _temp_dir).
+    """
+    port = free_local_port()
+    os.environ[API_SERVER_ADDRESS_VARIABLE] = f"http://127.0.0.1:{port}"
+    ray.init(
+        include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **init_options
+    )
+
+
+def free_local_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run_trial(
+    parameters: dict[str, Any], *, base_config: ExperimentConfig, context: TrialContext
+) -> None:
+    """One Tune trial: the training job on the base config with this trial's parameters."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipeline.train.driver import fit_run
+
+    trial_id = tune.get_context().get_trial_id()
+    run_name = trial_run_name(context.search_name, trial_id)
+    config = apply_trial_parameters(base_config, parameters)
+    # Open the child run first, so a trial that fails before training still shows up
+    # under the search with its parameters.
+    tracker = RunTracker.open(
+        run_name,
+        tracking_uri=context.target.tracking_uri,
+        experiment=context.target.experiment,
+        parent_run_id=context.parent_run_id,
+        tags={TRIAL_ID_TAG: trial_id, SEARCH_KIND_TAG: "trial"},
+    )
+    tracker.log_params({f"trial.{key}": value for key, value in parameters.items()})
+    fit_run(
+        config,
+        run_name,
+        extra_callbacks=(TuneReportCallback(),),
+        mlflow_parent_run_id=context.parent_run_id,
+    )
+
+
+class InterruptAfterTrials(Callback):
+    """Test hook: interrupts the search like Ctrl-C once `count` trials of it have ended.
+
+    Counts over the whole experiment (restored trials included) and fires only on the
+    `count`-th, so the pickled copy a resumed search carries never fires again.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        ended = 1 + sum(
+            other.status in (Trial.TERMINATED, Trial.ERROR)
+            for other in trials
+            if other is not trial
+        )
+        if ended == self.count:
+            os.kill(os.getpid(), signal.SIGINT)  # Tune saves its state and stops cleanly
+
+
+def _driver_callbacks(
+    name: str,
+    target: TrackingTarget,
+    parent_run_id: str,
+    planned_epochs: int,
+    tune_section: TuneSection,
+) -> list[Callback]:
+    callbacks: list[Callback] = [TrialStatusCallback(name, target, parent_run_id, planned_epochs)]
+    if tune_section.interrupt_after_trials is not None:
+        callbacks.append(InterruptAfterTrials(tune_section.interrupt_after_trials))
+    return callbacks
+
+
+def _trainable(config: ExperimentConfig, context: TrialContext, tune_section: TuneSection) -> Any:
+    with_config = tune.with_parameters(run_trial, base_config=config, context=context)
+    return tune.with_resources(with_config, dict(tune_section.trial_driver_resources))
+
+
+def _row_of(result: Any, search_name: str, metric: str, mode: str, planned_epochs: int) -> TrialRow:
+    metrics = result.metrics or {}
+    trial_id = str(metrics.get("trial_id") or Path(result.path).name)
+    history = result.metrics_dataframe
+    values: list[float] = []
+    if history is not None and metric in history:
+        values = [float(value) for value in history[metric] if not math.isnan(float(value))]
+    best = (max(values) if mode == "max" else min(values)) if values else math.nan
+    finished = bool(metrics.get("done")) or result.error is not None
+    status = classify_trial(
+        epochs_of(metrics), planned_epochs, errored=result.error is not None, finished=finished
+    )
+    parameters = {key: value for key, value in (result.config or {}).items()}
+    return TrialRow(
+        trial_id=trial_id,
+        run_name=trial_run_name(search_name, trial_id),
+        parameters=parameters,
+        epochs_run=epochs_of(metrics),
+        best_metric=best,
+        status=status,
+    )
+
+
+def _best_parameters(rows: list[TrialRow], mode: str) -> dict[str, Any] | None:
+    best = best_row(rows, mode)
+    return None if best is None else best.parameters
+
+
+def _one_value_per_dimension(tune_section: TuneSection) -> list[dict[str, Any]]:
+    parameters: dict[str, Any] = {}
+    for key, values in searched_values(tune_section.space).items():
+        parameters[key] = values.low if isinstance(values, LogUniform) else values[0]
+    return [parameters]

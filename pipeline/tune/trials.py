@@ -1,0 +1,191 @@
+"""MLflow bookkeeping of a search: trial statuses, the trials table, the best trial.
+
+A search is one parent MLflow run named like the search; every trial is a nested child run
+named `<search>-<trial id>`, opened by the trial itself and filled by the training job. A trial
+that ASHA stops is killed mid-training and cannot mark its own run, so `TrialStatusCallback`
+does it from the Tune driver once the trial is over.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from pipeline.tracking.compare import TRIAL_STATUS_TAG, render_table
+from pipeline.tracking.runs import RunTracker
+from pipeline.tune.space import (
+    GLOBAL_GUIDANCE,
+    LEARNING_RATE,
+    POOL_SCALES,
+    describe_parameters,
+)
+
+SEARCH_KIND_TAG = "apcnet.kind"
+TRIAL_ID_TAG = "apcnet.trial_id"
+COMPLETED = "completed"
+STOPPED_EARLY = "stopped_early"
+ERRORED = "error"
+UNFINISHED = "unfinished"
+# MLflow run status that goes with each trial status.
+RUN_STATUS = {COMPLETED: "FINISHED", STOPPED_EARLY: "KILLED", ERRORED: "FAILED"}
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where a search's runs go: the resolved MLflow store and experiment."""
+
+    tracking_uri: str
+    experiment: str
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One line of the trials table.
+
+    parameters: the trial's sampled values, keyed like `pipeline.tune.space.PARAMETER_FIELDS`.
+    best_metric: the best value of the search metric over the epochs it ran (NaN if none).
+    """
+
+    trial_id: str
+    run_name: str
+    parameters: dict[str, Any]
+    epochs_run: int
+    best_metric: float
+    status: str
+
+
+def trial_run_name(search_name: str, trial_id: str) -> str:
+    """The training run (and MLflow child run) name of one trial."""
+    return f"{search_name}-{trial_id}"
+
+
+def classify_trial(epochs_run: int, planned_epochs: int, *, errored: bool, finished: bool) -> str:
+    """completed, stopped_early (ended by the scheduler before its last epoch), error, or
+    unfinished (interrupted search, to be resumed)."""
+    if errored:
+        return ERRORED
+    if not finished:
+        return UNFINISHED
+    return COMPLETED if epochs_run >= planned_epochs else STOPPED_EARLY
+
+
+def epochs_of(result: Mapping[str, Any] | None) -> int:
+    """Epochs a trial reported: the training loop's `epoch`, else Tune's iteration count."""
+    if not result:
+        return 0
+    return int(result.get("epoch", result.get("training_iteration", 0)) or 0)
+
+
+class TrialStatusCallback(Callback):
+    """Marks each trial's MLflow child run when the trial ends (runs on the Tune driver).
+
+    Tags `apcnet.trial_status` with completed / stopped_early / error and ends the run as
+    FINISHED / KILLED / FAILED. Pickled with the experiment, so it survives a resume.
+    """
+
+    def __init__(
+        self, search_name: str, target: TrackingTarget, parent_run_id: str, planned_epochs: int
+    ) -> None:
+        self.search_name = search_name
+        self.target = target
+        self.parent_run_id = parent_run_id
+        self.planned_epochs = planned_epochs
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        status = classify_trial(
+            epochs_of(trial.last_result), self.planned_epochs, errored=False, finished=True
+        )
+        self._mark(trial, status)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        self._mark(trial, ERRORED)
+
+    def _mark(self, trial: Trial, status: str) -> None:
+        tracker = RunTracker.open(
+            trial_run_name(self.search_name, trial.trial_id),
+            tracking_uri=self.target.tracking_uri,
+            experiment=self.target.experiment,
+            parent_run_id=self.parent_run_id,
+        )
+        tracker.set_tags(
+            {TRIAL_STATUS_TAG: status, "apcnet.epochs_run": epochs_of(trial.last_result)}
+        )
+        tracker.set_terminated(RUN_STATUS[status])
+
+
+def best_row(rows: list[TrialRow], mode: str) -> TrialRow | None:
+    """The trial with the best `best_metric` (NaN never wins), or None."""
+    scored = [row for row in rows if not math.isnan(row.best_metric)]
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda row: row.best_metric)
+
+
+TABLE_COLUMNS = ["trial", "scales", "lr", "gla", "epochs", "best", "status"]
+
+
+def table_cells(row: TrialRow) -> list[str]:
+    parameters = row.parameters
+    rate = parameters.get(LEARNING_RATE)
+    return [
+        row.trial_id,
+        str(parameters.get(POOL_SCALES, "")),
+        f"{rate:.3g}" if isinstance(rate, float) else "",
+        str(parameters.get(GLOBAL_GUIDANCE, "")),
+        str(row.epochs_run),
+        "nan" if math.isnan(row.best_metric) else f"{row.best_metric:.4f}",
+        row.status,
+    ]
+
+
+def format_trials_table(rows: list[TrialRow], metric: str, mode: str = "max") -> str:
+    """The trials as printed at the end of a search, best first (trials without a value last)."""
+    columns = [*TABLE_COLUMNS[:-2], f"best {metric}", "status"]
+    sign = -1.0 if mode == "max" else 1.0
+    ordered = sorted(
+        rows,
+        key=lambda row: (math.isnan(row.best_metric), sign * _finite_or_zero(row.best_metric)),
+    )
+    return render_table(columns, [table_cells(row) for row in ordered])
+
+
+def record_search_result(
+    parent: RunTracker,
+    rows: list[TrialRow],
+    *,
+    metric: str,
+    mode: str,
+    best_config: Mapping[str, Any] | None,
+) -> TrialRow | None:
+    """Store the trials table and the best trial (its parameters, config and metric) on the
+    parent run. Returns the best row."""
+    columns = [*TABLE_COLUMNS[:-2], f"best_{metric}", "status"]
+    cells = [table_cells(row) for row in rows]
+    parent.log_table(cells, columns, "trials.csv")
+    parent.log_text(format_trials_table(rows, metric, mode) + "\n", "trials.txt")
+    best = best_row(rows, mode)
+    if best is None:
+        return None
+    parent.set_tags(
+        {
+            "apcnet.best_trial": best.trial_id,
+            "apcnet.best_run_name": best.run_name,
+            "apcnet.best_parameters": describe_parameters(best.parameters),
+            **{f"best.{key}": value for key, value in best.parameters.items()},
+        }
+    )
+    # Step = trials seen so far: a resumed search logs its new best without clashing.
+    parent.log_metrics({f"best_{metric}": best.best_metric}, step=len(rows))
+    if best_config is not None:
+        parent.log_dict(dict(best_config), "best_config.yaml")
+    return best
+
+
+def _finite_or_zero(value: float) -> float:
+    return 0.0 if math.isnan(value) else value
