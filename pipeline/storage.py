@@ -1,8 +1,11 @@
-"""One way to address files: a local path or an s3:// / gs:// URI, through pyarrow.fs.
+"""Where files live: the project's home folder, and one way to address a local path or an
+s3:// / gs:// URI (through pyarrow.fs), with the one atomic-write rule every writer follows.
 
-Object stores have no atomic rename, so `write_bytes_atomically` and the shard writer rename a
-temporary file only on local filesystems and write in place on object stores; completeness is
-then decided by the manifest, which is written last.
+Atomic writes: locally a temporary sibling is written, fsynced and renamed over the final
+name, so a crash never leaves a half file under it. Object stores have no rename, but a single
+PUT is all-or-nothing, so files are written in place there; a SET of files (shards, a run's
+records) is complete only once the file written last exists (the manifest, the completion
+marker), and readers go by that file.
 """
 
 from __future__ import annotations
@@ -15,6 +18,18 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
+HOME_ENV = "APCNET_HOME"
+
+
+def apcnet_home() -> Path:
+    """The project's home folder for data, run folders and the MLflow store; always absolute.
+
+    `APCNET_HOME` when set, else `~/.cache/apcnet`. Absolute so that a job unpacked by
+    `ray job submit` into a temporary working directory still writes where the user looks.
+    """
+    configured = os.environ.get(HOME_ENV)
+    home = Path(configured).expanduser() if configured else Path.home() / ".cache" / "apcnet"
+    return home.resolve()
 
 
 def is_remote(uri: str | os.PathLike) -> bool:
@@ -124,15 +139,50 @@ def temporary_sibling(location: StoragePath) -> StoragePath:
     return location.parent().child(f".{location.name}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def write_bytes_atomically(location: StoragePath, data: bytes) -> None:
+def write_bytes_atomically(location: StoragePath | str | os.PathLike, data: bytes) -> None:
     """Write a whole file so that a crash never leaves a partial file under the final name.
 
-    Locally: write a temporary sibling, then rename. On object stores a single PUT is already
-    all-or-nothing, so the file is written in place.
+    Locally: a temporary sibling is written, fsynced, then renamed (the rename is atomic on
+    POSIX filesystems). On object stores a single PUT is already all-or-nothing, so the file
+    is written in place.
     """
+    if not isinstance(location, StoragePath):
+        location = resolve(location)
+    if location.is_local:
+        _write_local_atomically(Path(location.path), data)
+        return
     make_dirs(location.parent())
-    target = temporary_sibling(location) if location.is_local else location
-    with location.filesystem.open_output_stream(target.path) as stream:
+    with location.filesystem.open_output_stream(location.path) as stream:
         stream.write(data)
-    if target is not location:
-        location.filesystem.move(target.path, location.path)
+
+
+def write_text_atomically(location: StoragePath | str | os.PathLike, text: str) -> None:
+    """`write_bytes_atomically` for UTF-8 text."""
+    write_bytes_atomically(location, text.encode("utf-8"))
+
+
+def local_temporary_sibling(path: Path) -> Path:
+    """A hidden, unique name beside a local `path`, for writers that need a file name (e.g. an
+    image library's save); pair it with `publish_local_file`."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def publish_local_file(temporary: Path, path: Path) -> None:
+    """fsync a finished temporary file and rename it to its final local name."""
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _write_local_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = local_temporary_sibling(path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
+from pipeline.errors import UserError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -43,7 +44,7 @@ DEFAULT_ROW_GROUP_ROWS = 64
 _HASH_CHUNK = 8 * 1024 * 1024
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A data set (raw or prepared) is missing, incomplete, malformed or inconsistent."""
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.errors import UserError
+
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-class InferenceError(ValueError):
+class InferenceError(UserError, ValueError):
     """A checkpoint, data set or option that cannot be used; the message says what to do."""
 
 

@@ -31,7 +31,7 @@ import mlflow
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
-from pipeline.paths import apcnet_home
+from pipeline.storage import apcnet_home
 from pipeline.tracking.provenance import git_commit
 
 DEFAULT_EXPERIMENT = "apcnet"

@@ -31,7 +31,7 @@ from pipeline.config.schema import (
 )
 from pipeline.data.majority_baseline import class_pixel_counts, majority_class_miou
 from pipeline.data.shards import Manifest, load_manifest, manifest_digest
-from pipeline.paths import apcnet_home
+from pipeline.storage import apcnet_home
 from pipeline.train.run_checkpoints import (
     SCORE_METRIC,
     best_checkpoint,

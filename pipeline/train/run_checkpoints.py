@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ray.train import Result
 
-from pipeline.paths import apcnet_home
+from pipeline.storage import apcnet_home
 from pipeline.train.state import CHECKPOINT_FILE
 
 SCORE_METRIC = "val_miou"

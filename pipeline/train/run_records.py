@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.config.schema import ExperimentConfig, config_from_dict
 from pipeline.config.typed import load_yaml
-from pipeline.paths import apcnet_home
+from pipeline.storage import apcnet_home
 from pipeline.train.run_checkpoints import run_folder
 
 COMPLETE_MARKER = "COMPLETE.json"

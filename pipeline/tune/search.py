@@ -34,7 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from pipeline.config.schema import ExperimentConfig, config_to_dict, flatten_config
 from pipeline.config.typed import ConfigError
-from pipeline.paths import apcnet_home
+from pipeline.storage import apcnet_home
 from pipeline.tracking.runs import RunTracker, resolve_tracking
 from pipeline.tune.space import (
     LogUniform,
