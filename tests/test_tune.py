@@ -13,6 +13,12 @@ from mlflow.entities import Run
 from ray import tune
 
 from pipeline.config.schema import ExperimentConfig, load_config
+from pipeline.config.search import (
+    LogUniform,
+    SearchSpaceSection,
+    TuneSection,
+    validate_tune_section,
+)
 from pipeline.config.typed import ConfigError
 from pipeline.tracking.compare import TRIAL_STATUS_TAG
 from pipeline.tracking.runs import child_runs
@@ -24,13 +30,9 @@ from pipeline.tune.search import (
     validate_search_config,
 )
 from pipeline.tune.space import (
-    LogUniform,
-    SearchSpaceSection,
-    TuneSection,
     apply_trial_parameters,
     parse_pool_scales_label,
     pool_scales_label,
-    validate_tune_section,
 )
 from pipeline.tune.trials import (
     COMPLETED,

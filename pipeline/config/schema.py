@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.config.augmentation import AugmentationConfig
+from pipeline.config.search import TuneSection
 from pipeline.config.typed import (
     ConfigError,
     apply_override,
@@ -24,8 +26,6 @@ from pipeline.config.typed import (
     scalar_text,
     to_plain,
 )
-from pipeline.data.transforms import AugmentationConfig
-from pipeline.tune.space import TuneSection
 
 __all__ = [
     "AugmentationConfig",

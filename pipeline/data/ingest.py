@@ -46,10 +46,9 @@ import ray.data
 import ray.train
 from ray.data import DataContext, RandomSeedConfig
 
+from pipeline.config.augmentation import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.data.shards import Manifest
 from pipeline.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     AugmentationConfig,
     augment_sample,
     decode_image,

@@ -33,16 +33,11 @@ from ray.tune.search import BasicVariantGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from pipeline.config.schema import ExperimentConfig, config_to_dict, flatten_config
+from pipeline.config.search import LogUniform, TuneSection, validate_tune_section
 from pipeline.config.typed import ConfigError
 from pipeline.storage import apcnet_home
 from pipeline.tracking.runs import RunTracker, resolve_tracking
-from pipeline.tune.space import (
-    LogUniform,
-    TuneSection,
-    apply_trial_parameters,
-    searched_values,
-    validate_tune_section,
-)
+from pipeline.tune.space import apply_trial_parameters, searched_values
 from pipeline.tune.trials import (
     SEARCH_KIND_TAG,
     TRIAL_ID_TAG,
