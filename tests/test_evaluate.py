@@ -23,7 +23,7 @@ from pipeline.evaluate.evaluation import (
     load_evaluation_model,
     read_split_samples,
 )
-from pipeline.evaluate.model import InferenceError
+from pipeline.evaluate.model import InferenceError, load_project_checkpoint
 from pipeline.evaluate.testtime import TestTimeOptions
 from pipeline.tracking.runs import RunTracker
 
@@ -240,11 +240,25 @@ def test_unreadable_checkpoint_is_refused_naming_the_file(tmp_path):
 
 
 def test_ray_checkpoint_folder_is_accepted_in_place_of_the_file(tmp_path, checkpoint):
-    folder = tmp_path / "checkpoint_000003"
+    folder = tmp_path / "epoch_0003"
     folder.mkdir()
     (folder / "checkpoint.pt").write_bytes(checkpoint.read_bytes())
     inference, _ = load_evaluation_model(EvaluationRequest(checkpoint=str(folder)))
     assert inference.class_names == CLASS_NAMES
+
+
+def test_an_older_checkpoint_without_its_run_name_gets_it_from_the_training_folder(tmp_path):
+    # Training keeps checkpoints at <storage>/<run name>/epoch_NNNN/checkpoint.pt.
+    folder = tmp_path / "runs" / "older-run" / "epoch_0004"
+    save_checkpoint(
+        folder / "checkpoint.pt",
+        tiny_model(),
+        class_names=CLASS_NAMES,
+        palette=PALETTE,
+        mean=MEAN,
+        std=STD,
+    )
+    assert load_project_checkpoint(folder).training_run == "older-run"
 
 
 def test_sliding_window_without_a_crop_is_an_option_error():
