@@ -1,0 +1,17 @@
+"""Data sets as Parquet shards: the format and its manifest, writing it, reading it into Ray Data.
+
+May import: pipeline.config.
+
+Public names:
+- `shards`: the format and reading it; `Manifest`, `ShardRow`, `SHARD_SCHEMA`, `load_manifest`,
+  `read_shard_rows`, `manifest_digest`, `DatasetError`.
+- `shard_writer`: `ShardWriter`, `prepare_output`, `write_manifest` (the manifest last).
+- `transforms`: paired image/mask augmentation in numpy; `decode_image`, `decode_mask`,
+  `augment_sample`, `normalize`.
+- `ingest`: Ray Data datasets for Ray Train; `train_dataset`, `eval_dataset`, `data_config`.
+- `majority_baseline`: `class_pixel_counts`, `majority_class_miou`.
+- `builtin`: the data set a config trains on, the synthetic one generated on first use;
+  `load_training_data`, `data_set_path`, `TrainingData`.
+- `formats`: one converter per raw data set, the synthetic one included;
+  `formats.prepare.prepare_dataset`.
+"""

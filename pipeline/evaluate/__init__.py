@@ -1,0 +1,13 @@
+"""Evaluation and prediction of a trained model on Ray Data actor pools, with exact counts.
+
+May import: pipeline.config, pipeline.data, pipeline.train, pipeline.tracking.
+
+Public names:
+- `evaluation`: `evaluate`, `EvaluationRequest`, `EvaluationReport` (what jobs/evaluate.py calls).
+- `prediction`: `predict`, `PredictionRequest`, `PredictionReport` (what jobs/predict.py calls).
+- `model`: a model ready for inference; `InferenceModel`, `load_project_checkpoint`,
+  `load_run_checkpoint`, `load_mmseg_checkpoint`, `plan_actor_pool`, `InferenceError`.
+- `testtime`: `TestTimeOptions`, `predict_label_map` (whole, slide, multi-scale + flip).
+- `counts`: `count_split_distributed`, `evaluate_locally`, `SplitCounts`.
+- `pictures`: `palette_png`, `overlay`, `sample_grid`, `confusion_figure`.
+"""

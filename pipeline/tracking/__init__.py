@@ -1,0 +1,14 @@
+"""MLflow: one run per named training run, found again by its name; comparing runs; provenance.
+
+May import: pipeline.config.
+
+Public names:
+- `runs`: `RunTracker` (open or reopen a run by name, log without duplicate steps),
+  `find_run`, `child_runs`, `search_runs`, `resolve_tracking`.
+- `tags`: every MLflow tag name the project reads or writes (`RUN_NAME_TAG`, `KIND_TAG`, ...).
+- `retry`: the one retry policy and MLflow client; `call_with_retry`, `tracking_client`,
+  `TrackingUnavailableError`.
+- `tables`: one table as text, CSV or markdown; `text_table`, `csv_table`, `markdown_table`.
+- `compare`: `collect_runs`, `sort_runs`, `format_runs_table`, `plot_curves`.
+- `provenance`: `git_commit`.
+"""

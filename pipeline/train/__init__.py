@@ -1,0 +1,18 @@
+"""Training one named run with Ray Train: the driver, the per-worker loop, state and run folder.
+
+May import: pipeline.config, pipeline.data, pipeline.tracking.
+
+Public names:
+- `driver`: `train` (start, resume or report a run), `fit_run` (what a Tune trial calls),
+  `TrainOutcome`, `NonFiniteLossError`.
+- `worker`: `train_loop_per_worker`, `train_one_epoch`, `LoopSettings`.
+- `validation`: exact validation inside the workers, counts summed over workers; `validate`.
+- `state`: the full training state in one checkpoint; `TrainingState` (`save`,
+  `restored_from`), `read_progress`, `RunDescription`, `CHECKPOINT_FILE`.
+- `model`: `build_training_model`, `device_features` (AMP, channels_last, SyncBatchNorm).
+- `run_folder`: `<storage>/<run name>/`, its `config.yaml`, `COMPLETE.json` and checkpoints;
+  `default_run_name`, `storage_root`, `run_folder`, `stored_config`, `completed_summary`,
+  `best_checkpoint`, `latest_checkpoint`.
+- `hooks`: extension points of the loop, installed by tests only; `TrainingHook`,
+  `LoopPosition`.
+"""
