@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config.schema import load_config
 from pipeline.data.formats.synthetic import GENERATOR_VERSION
+from pipeline.storage import write_text_atomically
 from pipeline.tune.search import run_search
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -137,10 +138,7 @@ def main() -> int:
         "wall_time_s": time.perf_counter() - started,
         "settings": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.output.with_name(args.output.name + ".partial")
-    partial.write_text(json.dumps(report, indent=2) + "\n")
-    partial.replace(args.output)
+    write_text_atomically(args.output, json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output} ({report['wall_time_s']:.0f} s)")
     return 0
 

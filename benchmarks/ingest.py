@@ -39,6 +39,7 @@ from pipeline.data.transforms import (
     decode_image,
     decode_mask,
 )
+from pipeline.storage import write_text_atomically
 
 
 @dataclass(frozen=True)
@@ -321,10 +322,7 @@ def main() -> None:
         "results": [summary.as_json() for summary in summaries],
     }
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(report, indent=2))
-    temporary.replace(output)
+    write_text_atomically(output, json.dumps(report, indent=2))
     print(f"wrote {output}")
 
 

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import re
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# Installed on the cluster at exactly the versions the project is tested with.
+PINNED_PACKAGES = ("ray", "torch", "torchvision", "mlflow")
 
 
 def ray_schema() -> dict:
@@ -90,9 +93,45 @@ def test_ray_starts_from_the_project_environment_installed_with_its_pins(cluster
     assert all("apcnet-venv/bin/activate" in command for command in start_commands(cluster))
 
 
-def test_project_pins_the_ray_version_the_cluster_runs():
-    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert any(re.fullmatch(r"ray\[[a-z,]+\]==\d+\.\d+\.\d+", pin) for pin in pins)
+def project_pins() -> dict[str, str]:
+    """pyproject.toml's exact pins of the packages the cluster must run at the same version."""
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {}
+    for dependency in dependencies:
+        match = re.fullmatch(r"([a-z]+)(?:\[[a-z,]+\])?==(\d+(?:\.\d+)+)", dependency)
+        if match and match.group(1) in PINNED_PACKAGES:
+            pins[match.group(1)] = match.group(2)
+    return pins
+
+
+def install_commands(cluster: dict) -> list[str]:
+    sections = ("setup_commands", "head_setup_commands", "worker_setup_commands")
+    return [c for section in sections for c in cluster[section] if "pip install" in c]
+
+
+def test_project_pins_exact_versions_of_ray_torch_torchvision_and_mlflow():
+    assert sorted(project_pins()) == sorted(PINNED_PACKAGES)
+
+
+def test_cluster_installs_ray_torch_torchvision_and_mlflow_only_at_the_projects_pins(cluster):
+    pins = project_pins()
+    for command in install_commands(cluster):
+        for token in shlex.split(command):
+            match = re.fullmatch(r"([a-z]+)(?:\[[a-z,]+\])?((?:[=<>!~].*)?)", token)
+            if match and match.group(1) in pins:
+                package, specifier = match.groups()
+                pinned = f"{package}=={pins[package]}"
+                assert specifier == f"=={pins[package]}", f"installs {token!r}, not {pinned}"
+
+
+def test_versions_cluster_yaml_names_are_the_projects_pins():
+    text = (ROOT / "cluster.yaml").read_text()
+    pins = project_pins()
+    for package, pin in pins.items():
+        # "ray 2.60.0" in a comment or "ray[default]==2.60.0" in a command.
+        pattern = rf"(?<![\w./-]){package}(?:\[[a-z,]+\])?(?:==|\s+)(\d+(?:\.\d+)+)"
+        named = set(re.findall(pattern, text))
+        assert named <= {pin}, f"cluster.yaml names {package} {sorted(named)}; pyproject pins {pin}"
 
 
 def test_mlflow_server_starts_on_the_head_with_artifacts_in_object_storage(cluster):

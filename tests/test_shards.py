@@ -4,6 +4,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -20,6 +21,7 @@ from pipeline.data.shards import (
     manifest_digest,
     read_shard_rows,
 )
+from pipeline.storage import StoragePath, list_names, read_bytes
 
 
 def make_row(index: int) -> ShardRow:
@@ -207,3 +209,43 @@ def test_newer_format_version_is_refused(tmp_path: Path) -> None:
     (root / MANIFEST_NAME).write_text(json.dumps(document))
     with pytest.raises(DatasetError, match=r"format version .* is newer"):
         load_manifest(root)
+
+
+def test_an_unfinished_shard_exists_only_under_a_hidden_temporary_name(tmp_path: Path) -> None:
+    root = prepare_output(tmp_path / "set")
+    with ShardWriter(root, "train", row_group_rows=1) as writer:
+        writer.write(make_row(0))
+        names_while_writing = [path.name for path in (tmp_path / "set" / "train").iterdir()]
+        writer.close()
+    assert len(names_while_writing) == 1
+    assert names_while_writing[0].startswith(".part-00000.parquet.")
+    assert [path.name for path in (tmp_path / "set" / "train").iterdir()] == ["part-00000.parquet"]
+
+
+def object_store_stand_in(folder: Path) -> StoragePath:
+    """`folder` seen through a filesystem that is not `LocalFileSystem`, so the writer treats it
+    as an object store (no rename: files written in place) while the test can still look."""
+    bucket = pafs.SubTreeFileSystem(str(folder), pafs.LocalFileSystem())
+    return StoragePath(bucket, "set", "s3://bucket/set")
+
+
+def test_on_an_object_store_shards_are_written_in_place_under_their_final_names(
+    tmp_path: Path,
+) -> None:
+    root = object_store_stand_in(tmp_path)
+    with ShardWriter(root, "train", max_rows=2, row_group_rows=1) as writer:
+        for index in range(3):
+            writer.write(make_row(index))
+        train = writer.close()
+    assert list_names(root.child("train")) == ["part-00000.parquet", "part-00001.parquet"]
+    for shard in train.shards:
+        data = read_bytes(root.child(shard.path))
+        assert shard.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_on_an_object_store_an_interrupted_shard_is_removed(tmp_path: Path) -> None:
+    root = object_store_stand_in(tmp_path)
+    with pytest.raises(RuntimeError), ShardWriter(root, "train", row_group_rows=1) as writer:
+        writer.write(make_row(0))
+        raise RuntimeError("conversion crashed")
+    assert list_names(root.child("train")) == []

@@ -9,11 +9,11 @@ Randomness, and the guarantee given:
   its own `np.random.Generator` seeded from those three, so what a sample looks like does not
   depend on which task, batch or worker it lands in.
 - The epoch is `first_epoch + k` where k counts the completed passes of this Dataset object
-  (Ray Data's execution index, the same counter its own `RandomSeedConfig(...,
-  reseed_after_execution=True)` uses). Ray Train re-executes the pipeline once per epoch, so
-  each epoch gets fresh augmentation, reproducible from the seed. Pass `epoch=` to pin it
-  instead (a dataset built per epoch by the caller, or a test). After a resume, build the
-  dataset with `first_epoch=<epoch to resume at>`.
+  (Ray Data's execution index, the counter behind its own `RandomSeedConfig(...,
+  reseed_after_execution=True)`; see `completed_passes`). Ray Train re-executes the pipeline
+  once per epoch, so each epoch gets fresh augmentation, reproducible from the seed. Pass
+  `epoch=` to pin it instead (a dataset built per epoch by the caller, or a test). After a
+  resume, build the dataset with `first_epoch=<epoch to resume at>`.
 - Row order (default `IngestOptions.shuffle="window"`): every pass reads the shard files in
   a new order, seeded from (seed, first_epoch) and the execution index, and permutes each
   window of `shuffle_window` consecutive encoded rows with a generator seeded from (seed,
@@ -131,11 +131,22 @@ def sample_seed(seed: int, epoch: int, sample_id: str) -> list[int]:
     return [seed, epoch, int.from_bytes(digest, "little")]
 
 
-def _current_pass() -> int:
-    """How many times this Dataset has been executed before the current pass (0, 1, ...)."""
-    # Ray Data installs the executing dataset's DataContext in each task; its execution index
-    # is what Ray's own reseed_after_execution shuffles use to vary per epoch.
-    return int(DataContext.get_current()._execution_idx)
+# Checked against Ray 2.60.0. Ray Data has no public "which pass is this" call. Its random ops
+# vary per execution through `RandomSeedConfig(reseed_after_execution=True)` (DeveloperAPI,
+# exported as `ray.data.RandomSeedConfig`), whose `get_seed_tuple(data_context=...)` returns the
+# context's execution index as `.execution_idx`. That relies on: Ray Data installing the
+# executing dataset's DataContext as the current one inside each task, and raising its
+# execution index by one after every successful execution (ExecutionIdxUpdateCallback).
+# tests/test_ray_internals.py fails, naming this function, when either stops holding.
+_PASS_COUNTER = RandomSeedConfig(seed=0, reseed_after_execution=True)
+
+
+def completed_passes(context: DataContext) -> int:
+    """How many times the dataset running under `context` was executed before (0, 1, ...).
+
+    Inside a Ray Data task pass `DataContext.get_current()`: the executing dataset's context.
+    """
+    return int(_PASS_COUNTER.get_seed_tuple(data_context=context).execution_idx)
 
 
 @dataclass(frozen=True)
@@ -151,7 +162,10 @@ class _AugmentBatch:
     shuffle_window: bool
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        epoch = self.epoch if self.epoch is not None else self.first_epoch + _current_pass()
+        if self.epoch is not None:
+            epoch = self.epoch
+        else:
+            epoch = self.first_epoch + completed_passes(DataContext.get_current())
         count = len(batch["id"])
         order = np.arange(count)
         if self.shuffle_window and count > 1:
@@ -331,7 +345,9 @@ class SegmentationDataConfig(ray.train.DataConfig):
     the same number of rows per epoch, a few rows may be dropped, which keeps DDP steps in
     lockstep). Every other dataset is streamed with `equal=False`, so across all workers
     each row is read exactly once: no row dropped or repeated to even out the shards, as
-    exact metrics need. Workers may then receive different numbers of rows.
+    exact metrics need. Workers may then receive different numbers of rows. Like Ray's
+    default config, every dataset gets `default_ingest_options()` and the workers' nodes as
+    locality hints.
     """
 
     def __init__(self, train_split_names: Sequence[str] = TRAIN_SPLIT_NAMES) -> None:
@@ -347,14 +363,15 @@ class SegmentationDataConfig(ray.train.DataConfig):
         **kwargs: Any,
     ) -> list[dict[str, Any]]:
         output: list[dict[str, Any]] = [{} for _ in range(world_size)]
-        locality_hints = worker_node_ids if self._enable_shard_locality else None
         for name, dataset in datasets.items():
             if dataset.name is None:
                 dataset.set_name(name)
             dataset = dataset.copy(dataset)
-            dataset.context.execution_options = self._resolve_execution_options(name)
+            # What Ray's own configure() resolves to when no options are given; read through
+            # the public `default_ingest_options`, not DataConfig's private resolver.
+            dataset.context.execution_options = self.default_ingest_options()
             splits = dataset.streaming_split(
-                world_size, equal=name in self.train_split_names, locality_hints=locality_hints
+                world_size, equal=name in self.train_split_names, locality_hints=worker_node_ids
             )
             for rank, split_iterator in enumerate(splits):
                 output[rank][name] = split_iterator

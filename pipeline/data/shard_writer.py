@@ -1,8 +1,9 @@
 """Writing a shard set: a fresh output folder, split writers that roll shards, the manifest last.
 
 The layout and the manifest are defined in `pipeline.data.shards`. A crash never leaves a set that
-looks complete: shards are written under temporary names and renamed when whole, and the
-manifest that lists them (with their sha256) is written after every shard.
+looks complete: shards follow `pipeline.storage`'s atomic-write rule (locally a hidden temporary
+sibling, fsynced and renamed when whole; on object stores written in place), and the manifest
+that lists them (with their sha256) is written after every shard.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from pathlib import Path
 from types import TracebackType
 
 import pyarrow as pa
@@ -103,9 +105,10 @@ class ShardWriter:
     """Write one split's samples into `<root>/<split>/part-NNNNN.parquet` files.
 
     Rolls to a new shard after `max_rows` rows or about `max_bytes` bytes of sample data.
-    Each shard is written under a hidden temporary name and renamed when complete (locally;
-    object stores get it in place). `close()` returns the split's `SplitInfo`; leaving the
-    `with` block on an exception removes the unfinished shard. Use as a context manager.
+    Each shard is streamed to a hidden temporary sibling and published (fsync + rename) when
+    complete; object stores get it in place, where only the manifest written last makes it
+    count. `close()` returns the split's `SplitInfo`; leaving the `with` block on an exception
+    removes the unfinished shard. Use as a context manager.
     """
 
     def __init__(
@@ -131,7 +134,8 @@ class ShardWriter:
         self._writer: pq.ParquetWriter | None = None
         self._sink: _HashingSink | None = None
         self._target: storage.StoragePath | None = None
-        self._temporary: storage.StoragePath | None = None
+        # The local temporary the open shard streams to; None on object stores (in place).
+        self._temporary: Path | None = None
         self._rows_in_shard = 0
         self._bytes_in_shard = 0
 
@@ -172,7 +176,9 @@ class ShardWriter:
             if self._sink is not None:
                 self._sink.close()
             if self._temporary is not None:
-                storage.delete_file(self._temporary)
+                self._temporary.unlink(missing_ok=True)
+            elif self._target is not None:
+                storage.delete_file(self._target)
             self._writer = self._sink = self._temporary = self._target = None
 
     def _flush_row_group(self) -> None:
@@ -195,9 +201,11 @@ class ShardWriter:
         relative = f"{self.split}/part-{len(self._finished):05d}.parquet"
         self._target = self.root.child(relative)
         storage.make_dirs(self._target.parent())
-        local = self._target.is_local
-        self._temporary = storage.temporary_sibling(self._target) if local else self._target
-        stream = self._target.filesystem.open_output_stream(self._temporary.path)
+        written = self._target.path
+        if self._target.is_local:
+            self._temporary = storage.local_temporary_sibling(Path(self._target.path))
+            written = str(self._temporary)
+        stream = self._target.filesystem.open_output_stream(written)
         self._sink = _HashingSink(stream)
         # Images are already compressed; Parquet compression would only cost time.
         self._writer = pq.ParquetWriter(
@@ -210,11 +218,11 @@ class ShardWriter:
     def _finish_shard(self) -> None:
         self._flush_row_group()
         assert self._writer is not None and self._sink is not None
-        assert self._target is not None and self._temporary is not None
+        assert self._target is not None
         self._writer.close()
         self._sink.close()
-        if self._temporary is not self._target:
-            self._target.filesystem.move(self._temporary.path, self._target.path)
+        if self._temporary is not None:
+            storage.publish_local_file(self._temporary, Path(self._target.path))
         relative = f"{self.split}/{self._target.name}"
         self._finished.append(
             ShardInfo(relative, self._rows_in_shard, self._sink.size, self._sink.digest.hexdigest())

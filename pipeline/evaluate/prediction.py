@@ -4,14 +4,13 @@ The images flow through Ray Data (`read_binary_files` for a folder, the split's 
 manifest) to the same kind of actor pool as evaluation; each actor writes one palette PNG per
 image to `<output>/<stem>.png` (pixel values are class indices, the palette is the
 checkpoint's) and, with `overlay`, a blended picture to `<output>/overlay/<stem>.png`.
-Files are written under a temporary name and renamed, so a crash never leaves a complete-looking
-but truncated mask.
+Each PNG is encoded in memory and written with `pipeline.storage.write_bytes_atomically`, so a
+crash never leaves a complete-looking but truncated mask.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from pipeline.evaluate.model import (
 )
 from pipeline.evaluate.pictures import overlay, palette_png
 from pipeline.evaluate.testtime import TestTimeOptions, predict_label_map
+from pipeline.storage import write_bytes_atomically
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 OVERLAY_FOLDER = "overlay"
@@ -65,15 +65,10 @@ class PredictionReport:
 
 
 def write_png_atomically(picture: Image.Image, path: Path) -> None:
-    """Save a PNG under a temporary name in the same folder, then rename it into place."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            picture.save(stream, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Encode `picture` as PNG and write it whole to `path` (see `write_bytes_atomically`)."""
+    encoded = io.BytesIO()
+    picture.save(encoded, format="PNG")
+    write_bytes_atomically(path, encoded.getvalue())
 
 
 class MaskWriter:
