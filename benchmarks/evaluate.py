@@ -31,6 +31,7 @@ from pipeline.evaluate.counts import count_split_distributed, evaluate_locally
 from pipeline.evaluate.evaluation import read_split_samples
 from pipeline.evaluate.model import plan_actor_pool
 from pipeline.evaluate.testtime import TestTimeOptions
+from pipeline.storage import write_text_atomically
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -134,7 +135,7 @@ def main() -> None:
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "results": [asdict(result) for result in results],
     }
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomically(output, json.dumps(report, indent=2) + "\n")
     print(f"wrote {output}")
     if not all(result.counts_equal for result in results):
         raise SystemExit("distributed counts differ from the single-process loop")

@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from apcnet import APCNet, count_parameters
+from pipeline.storage import write_text_atomically
 
 # The reference head-cost figure is quoted for a 512x512 input (64x64 stage-4 map).
 HEAD_MACS_INPUT_SIZE = 512
@@ -178,10 +179,7 @@ def main() -> None:
         ),
     )
     print_table(report)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.output.with_name(args.output.name + ".tmp")
-    temporary.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    temporary.replace(args.output)
+    write_text_atomically(args.output, json.dumps(asdict(report), indent=2) + "\n")
     print(f"wrote {args.output}")
 
 

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from pipeline.config.schema import ExperimentConfig, config_to_yaml, load_config
-from pipeline.train.run_checkpoints import latest_checkpoint
+from pipeline.storage import write_text_atomically
+from pipeline.train.run_folder import latest_checkpoint
 from pipeline.train.state import read_progress
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -223,8 +224,7 @@ def main() -> None:
         print(f"{workers:>8} {row['images_per_s']:>10.2f} {ratio:>7.2f} {row['fit_wall_s']:>11.1f}")
     if submit_latency is not None:
         print(f"ray job submit -> first finished training step: {submit_latency:.1f} s")
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomically(OUTPUT, json.dumps(results, indent=2) + "\n")
     print(f"wrote {OUTPUT}")
     shutil.rmtree(work, ignore_errors=True)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config.schema import load_config
+from pipeline.storage import write_text_atomically
 from pipeline.tune.search import SearchOutcome, run_search
 from pipeline.tune.space import describe_parameters
 
@@ -94,10 +95,7 @@ def main() -> int:
         "trial_epochs_ratio": epoch_ratio,
         "same_best": same_best,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.output.with_name(args.output.name + ".partial")
-    partial.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    partial.replace(args.output)
+    write_text_atomically(args.output, json.dumps(report, indent=2, default=str) + "\n")
     print(f"wrote {args.output}")
     return 0
 

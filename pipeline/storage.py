@@ -134,11 +134,6 @@ def read_bytes(location: StoragePath) -> bytes:
         return stream.read()
 
 
-def temporary_sibling(location: StoragePath) -> StoragePath:
-    """A hidden name beside `location` for write-then-rename (readers skip dot files)."""
-    return location.parent().child(f".{location.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
 def write_bytes_atomically(location: StoragePath | str | os.PathLike, data: bytes) -> None:
     """Write a whole file so that a crash never leaves a partial file under the final name.
 

@@ -12,11 +12,19 @@ from training_helpers import metric_steps, tiny_config
 
 from apcnet.checkpoint import load_checkpoint
 from pipeline.config.schema import ConfigError, ExperimentConfig, config_to_yaml, load_config
+from pipeline.data import shards
+from pipeline.data.builtin import data_set_path
+from pipeline.data.shards import load_manifest
+from pipeline.evaluate.model import load_project_checkpoint
 from pipeline.data.formats import synthetic
 from pipeline.data.majority_baseline import majority_class_miou
-from pipeline.train.driver import TrainOutcome, prepare_data, train
-from pipeline.train.run_checkpoints import best_checkpoint, latest_checkpoint
-from pipeline.train.run_records import CONFIG_FILE, default_run_name
+from pipeline.train.driver import TrainOutcome, train
+from pipeline.train.run_folder import (
+    CONFIG_FILE,
+    best_checkpoint,
+    default_run_name,
+    latest_checkpoint,
+)
 from pipeline.train.state import read_progress
 
 EPOCH_METRICS = ("train_loss", "lr", "images_per_s", "epoch_time_s")
@@ -26,13 +34,24 @@ class FinishedRun(NamedTuple):
     config: ExperimentConfig
     outcome: TrainOutcome
     root: Path
+    shards_hashed: list[str]
 
 
 @pytest.fixture(scope="module")
 def finished_run(ray_session, tmp_path_factory) -> FinishedRun:
     root = tmp_path_factory.mktemp("train")
     config = tiny_config(root)
-    return FinishedRun(config, train(config, "tiny"), root)
+    hashed: list[str] = []
+    verify_shard = shards._verify_shard
+    with pytest.MonkeyPatch.context() as patch:
+        # Counted on the driver, where a training start verifies the data set.
+        patch.setattr(
+            shards,
+            "_verify_shard",
+            lambda root, shard: hashed.append(shard.path) or verify_shard(root, shard),
+        )
+        outcome = train(config, "tiny")
+    return FinishedRun(config, outcome, root, hashed)
 
 
 @pytest.mark.slow
@@ -69,6 +88,20 @@ def test_checkpoints_hold_weights_classes_and_resume_state(finished_run):
     assert loaded.extra["config"]["optimization"]["batch_size"] == 4
     assert loaded.extra["manifest_path"].endswith("manifest.json")
     assert {"scaler", "scheduler", "epoch", "global_iteration"} <= set(loaded.extra)
+
+
+@pytest.mark.slow
+def test_a_training_start_hashes_every_shard_exactly_once(finished_run):
+    manifest = load_manifest(finished_run.config.data.path, verify=False)
+    every_shard = sorted(shard.path for split in manifest.splits.values() for shard in split.shards)
+    assert sorted(finished_run.shards_hashed) == every_shard
+
+
+@pytest.mark.slow
+def test_a_checkpoint_folder_written_by_training_names_its_training_run(finished_run):
+    folder = finished_run.outcome.best_checkpoint.parent
+    assert folder.name.startswith("epoch_")
+    assert load_project_checkpoint(folder).training_run == "tiny"
 
 
 @pytest.mark.slow
@@ -113,9 +146,9 @@ def test_majority_baseline_scores_the_majority_class_over_present_classes():
 def test_the_built_in_set_is_regenerated_when_the_scenes_change(monkeypatch):
     sizes = ["data.synthetic.num_train=2", "data.synthetic.num_val=1", "data.synthetic.size=16"]
     config = load_config(None, sizes)
-    first = prepare_data(config)
-    assert prepare_data(config) == first
+    first = data_set_path(config.data)
+    assert data_set_path(config.data) == first
     monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
-    second = prepare_data(config)
+    second = data_set_path(config.data)
     assert second != first
     assert Path(second, "manifest.json").is_file()

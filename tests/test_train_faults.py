@@ -1,7 +1,7 @@
 """Specification of training under faults: dead workers, a stopped driver, a NaN loss.
 
-Workers really die (`os._exit` through the test-only `testing.*` settings); the driver is
-really killed (a `jobs/train.py` subprocess connected to the shared test cluster).
+Workers really die (`os._exit` through the test-only hooks of tests/training_faults.py); the
+driver is really killed (a `jobs/train.py` subprocess connected to the shared test cluster).
 """
 
 import os
@@ -13,31 +13,37 @@ from pathlib import Path
 
 import pytest
 import ray
+from training_faults import NanLossAt, kill_marker
 from training_helpers import metric_steps, tiny_config
 
 from pipeline.config.schema import config_to_yaml
 from pipeline.train.driver import NonFiniteLossError, train
-from pipeline.train.run_checkpoints import latest_checkpoint
+from pipeline.train.hooks import HOOKS_ENV
+from pipeline.train.run_folder import latest_checkpoint
 from pipeline.train.state import read_progress
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+REPO_ROOT = TESTS.parent
 
 
 @pytest.mark.slow
 def test_killed_workers_are_replaced_and_every_epoch_reaches_mlflow_exactly_once(
     ray_session, tmp_path
 ):
-    # Two real deaths in one run: rank 0 right after epoch 1's metrics reached MLflow and
-    # before its checkpoint (epoch 1 is replayed from scratch), then the last worker in the
-    # middle of epoch 2 (resumed from epoch 1's checkpoint).
-    config = tiny_config(
-        tmp_path, "testing.kill_after_logging_at_epoch=1", "testing.kill_at_epoch=2"
-    )
-    outcome = train(config, "killed-workers")
-    assert (outcome.run_folder / ".testing-killed-after-logging-epoch-1").exists()
-    assert (outcome.run_folder / ".testing-killed-mid-epoch-epoch-2").exists()
-    assert outcome.status == "finished"
-    assert [int(epoch["epoch"]) for epoch in outcome.history] == [1, 2]
+    # The training job runs as a subprocess whose hooks come from APCNET_TRAINING_HOOKS, the
+    # way any job-level fault test installs them: two real worker deaths in one run.
+    config = tiny_config(tmp_path)
+    config_file = tmp_path / "killed.yaml"
+    config_file.write_text(config_to_yaml(config))
+    python_path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    hooks = {HOOKS_ENV: "training_faults:two_worker_deaths", "PYTHONPATH": python_path}
+    job = run_job("--config", str(config_file), "--name", "killed-workers", env=hooks)
+    assert job.returncode == 0, job.stderr[-3000:]
+    folder = tmp_path / "runs" / "killed-workers"
+    assert kill_marker(folder, "after-logging", 1).exists()
+    assert kill_marker(folder, "mid-epoch", 2).exists()
+    history = read_progress(latest_checkpoint("killed-workers", tmp_path / "runs").parent).history
+    assert [int(epoch["epoch"]) for epoch in history] == [1, 2]
     for key in ("train_loss", "lr", "val_miou", "epoch_time_s"):
         assert metric_steps(config, "killed-workers", key) == [1, 2], key
 
@@ -45,10 +51,10 @@ def test_killed_workers_are_replaced_and_every_epoch_reaches_mlflow_exactly_once
 @pytest.mark.slow
 def test_a_nan_loss_stops_training_with_a_clear_error_and_no_restart(ray_session, tmp_path):
     # Iteration 3 is the first step of epoch 2.
-    config = tiny_config(tmp_path, "testing.nan_at_iteration=3")
+    config = tiny_config(tmp_path)
     started = time.perf_counter()
     with pytest.raises(NonFiniteLossError, match=r"epoch 2 at global iteration 3"):
-        train(config, "nan-loss")
+        train(config, "nan-loss", hooks=[NanLossAt(iteration=3)])
     latest = latest_checkpoint("nan-loss", tmp_path / "runs")
     assert read_progress(latest.parent).epoch == 1, "the last good checkpoint is kept"
     assert metric_steps(config, "nan-loss", "train_loss") == [1]
@@ -56,11 +62,13 @@ def test_a_nan_loss_stops_training_with_a_clear_error_and_no_restart(ray_session
     assert time.perf_counter() - started < 600
 
 
-def run_job(*arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_job(
+    *arguments: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "jobs/train.py", *arguments],
         cwd=REPO_ROOT,
-        env=job_environment(),
+        env={**job_environment(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

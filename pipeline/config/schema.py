@@ -169,23 +169,6 @@ class TrackingSection:
 
 
 @dataclass(frozen=True)
-class TestingSection:
-    """Fault injection for the test suite only; never set these in a real recipe.
-
-    kill_at_epoch: the last worker calls os._exit(1) in the middle of this epoch.
-    kill_after_logging_at_epoch: rank 0 calls os._exit(1) after this epoch's metrics reached
-        MLflow and before its checkpoint is reported (the worst moment for duplicates).
-    nan_at_iteration: the loss becomes NaN at this global iteration (1-based).
-    Each kill happens on the first attempt only: a marker file in the run folder remembers it,
-    so the replacement worker trains on.
-    """
-
-    kill_at_epoch: int | None = None
-    kill_after_logging_at_epoch: int | None = None
-    nan_at_iteration: int | None = None
-
-
-@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one training run needs, in one tree."""
 
@@ -197,7 +180,6 @@ class ExperimentConfig:
     scaling: ScalingSection = field(default_factory=ScalingSection)
     checkpointing: CheckpointingSection = field(default_factory=CheckpointingSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
-    testing: TestingSection = field(default_factory=TestingSection)
     tune: TuneSection = field(default_factory=TuneSection)  # used by jobs/tune.py only
 
 

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserError
-
-CHECKPOINT_FILE = "checkpoint.pt"
+from pipeline.train.state import CHECKPOINT_FILE, CHECKPOINT_FOLDER_PREFIX
 
 
 class InferenceError(UserError, ValueError):
@@ -93,9 +92,13 @@ def load_project_checkpoint(path: str | Path) -> InferenceModel:
 
 
 def _run_name_from_folder(location: Path) -> str | None:
-    """Ray Train keeps checkpoints at `<storage>/<run name>/checkpoint_<n>/checkpoint.pt`."""
+    """For checkpoints written before the run name was stored in them: training keeps them
+    at `<storage>/<run name>/epoch_NNNN/checkpoint.pt`."""
     folder = location.parent
-    if folder.name.startswith("checkpoint_"):
+    if (
+        folder.name.startswith(CHECKPOINT_FOLDER_PREFIX)
+        and folder.name.removeprefix(CHECKPOINT_FOLDER_PREFIX).isdigit()
+    ):
         return folder.parent.name
     return None
 
@@ -103,7 +106,7 @@ def _run_name_from_folder(location: Path) -> str | None:
 def load_run_checkpoint(run_name: str, storage_path: str | None = None) -> InferenceModel:
     """The best checkpoint of the training run `run_name` under `storage_path`
     (default `<home>/runs`)."""
-    from pipeline.train.run_checkpoints import best_checkpoint
+    from pipeline.train.run_folder import best_checkpoint
 
     try:
         folder = best_checkpoint(run_name, storage_path)

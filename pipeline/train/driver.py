@@ -8,8 +8,6 @@ storage path); a new name starts from scratch.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,22 +27,20 @@ from pipeline.config.schema import (
     config_to_yaml,
     flatten_config,
 )
+from pipeline.data.builtin import TrainingData, load_training_data
 from pipeline.data.majority_baseline import class_pixel_counts, majority_class_miou
-from pipeline.data.shards import Manifest, load_manifest, manifest_digest
-from pipeline.storage import apcnet_home
-from pipeline.train.run_checkpoints import (
+from pipeline.data.shards import Manifest, manifest_digest
+from pipeline.train.hooks import TrainingHook, hooks_from_environment
+from pipeline.train.run_folder import (
     SCORE_METRIC,
     best_checkpoint,
+    completed_summary,
     latest_checkpoint,
     run_folder,
-)
-from pipeline.train.run_records import (
-    CONFIG_FILE,
-    completed_summary,
     storage_root,
     stored_config,
     write_complete_marker,
-    write_once,
+    write_config_once,
 )
 from pipeline.train.state import RunDescription, read_progress
 from pipeline.train.worker import (
@@ -79,26 +75,9 @@ class TrainOutcome:
     final_metrics: dict[str, float] = field(default_factory=dict)
 
 
-def prepare_data(config: ExperimentConfig) -> str:
-    """The shard folder to train on; the synthetic set is generated on first use.
-
-    Its folder is `<home>/data/synthetic-<hash of its options and the generator version>`, so
-    changing an option or the scenes makes a new set and never mixes two.
-    """
-    if config.data.path is not None:
-        return config.data.path
-    from pipeline.data.formats.synthetic import GENERATOR_VERSION, write_synthetic
-
-    options = config_to_dict(config.data.synthetic)
-    key = {**options, "generator_version": GENERATOR_VERSION}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    folder = apcnet_home() / "data" / f"synthetic-{digest}"
-    if not (folder / "manifest.json").is_file():
-        write_synthetic(folder, overwrite=True, **options)
-    return str(folder)
-
-
-def train(config: ExperimentConfig, run_name: str) -> TrainOutcome:
+def train(
+    config: ExperimentConfig, run_name: str, *, hooks: Sequence[TrainingHook] = ()
+) -> TrainOutcome:
     """Train `run_name` to completion: start it, resume it, or report that it is complete.
 
     The majority-class baseline mIoU of the val split is computed for comparison.
@@ -125,23 +104,29 @@ def train(config: ExperimentConfig, run_name: str) -> TrainOutcome:
             f"config (changed: {', '.join(changed)}); resume it without --config/--set, or "
             "choose a new --name for the new config"
         )
-    data_path = prepare_data(config)
-    manifest = load_manifest(data_path)
-    baseline = majority_class_miou(class_pixel_counts(manifest, config.data.val_split))
-    outcome = fit_run(config, run_name, storage_path=storage, baseline_miou=baseline)
-    return outcome
+    data = load_training_data(config.data)
+    baseline = majority_class_miou(class_pixel_counts(data.manifest, config.data.val_split))
+    return fit_run(
+        config, run_name, data=data, hooks=hooks, storage_path=storage, baseline_miou=baseline
+    )
 
 
 def fit_run(
     config: ExperimentConfig,
     run_name: str,
     *,
+    data: TrainingData | None = None,
     extra_callbacks: Sequence[UserCallback] = (),
+    hooks: Sequence[TrainingHook] = (),
     mlflow_parent_run_id: str | None = None,
     storage_path: str | Path | None = None,
     baseline_miou: float | None = None,
 ) -> TrainOutcome:
     """Fit one named run with Ray Train and record it in MLflow; resume it if it exists.
+
+    `data` is the data set already loaded and verified by the caller (loaded here when None).
+    `hooks` run inside every worker's loop (see `pipeline.train.hooks`), after any named by
+    the `APCNET_TRAINING_HOOKS` environment variable.
 
     Raises NonFiniteLossError when the loss became NaN/inf (no restart; the last good
     checkpoint is kept), ray.train.TrainingFailedError when workers failed more than
@@ -152,10 +137,10 @@ def fit_run(
         ray.init()
     storage = storage_root(config, storage_path)
     folder = run_folder(run_name, storage)
-    data_path = prepare_data(config)
-    manifest = load_manifest(data_path)
-    settings = _loop_settings(config, run_name, folder, manifest, data_path)
-    write_once(folder / CONFIG_FILE, config_to_yaml(config))
+    data = data or load_training_data(config.data)
+    manifest = data.manifest
+    settings = _loop_settings(config, run_name, folder, data, (*hooks_from_environment(), *hooks))
+    write_config_once(folder, config_to_yaml(config))
 
     tracker = None
     if config.tracking.enabled:
@@ -227,8 +212,13 @@ def fit_run(
 
 
 def _loop_settings(
-    config: ExperimentConfig, run_name: str, folder: Path, manifest: Manifest, data_path: str
+    config: ExperimentConfig,
+    run_name: str,
+    folder: Path,
+    data: TrainingData,
+    hooks: tuple[TrainingHook, ...],
 ) -> LoopSettings:
+    manifest, data_path = data.manifest, data.path
     workers = config.scaling.num_workers
     per_worker_batch = config.optimization.batch_size // workers
     for key, split in (
@@ -265,21 +255,22 @@ def _loop_settings(
         run_name=run_name,
         run_folder=str(folder),
         description=RunDescription(
+            run_name=run_name,
             class_names=manifest.class_names,
             palette=manifest.palette,
             ignore_index=manifest.ignore_index,
             mean=tuple(augmentation.mean),
             std=tuple(augmentation.std),
             config=config_to_dict(config),
-            manifest_path=_manifest_file(data_path),
+            manifest_path=data.manifest_file,
         ),
-        ignore_index=manifest.ignore_index,
         iterations_per_epoch=iterations_per_epoch,
         total_epochs=total_epochs,
         total_iterations=total_iterations,
         tracking_uri=tracking_uri,
         experiment_name=experiment,
         tracking_tags={GIT_COMMIT_TAG: git_commit()},
+        hooks=hooks,
     )
 
 
@@ -385,12 +376,6 @@ def _resume_epoch(run_name: str, storage: Path) -> int:
     """The last completed epoch of an existing run (0 for a new one)."""
     latest = _try(latest_checkpoint, run_name, storage)
     return read_progress(latest.parent).epoch if latest is not None else 0
-
-
-def _manifest_file(data_path: str) -> str:
-    if data_path.endswith(".json"):
-        return data_path
-    return data_path.rstrip("/") + "/manifest.json"
 
 
 def _changed_keys(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:

@@ -1,4 +1,5 @@
-"""Building the model a training worker optimises, and the device features it runs with."""
+"""Building what a training worker optimises (model, optimizer, schedule, loss scaler) and the
+device features it runs with."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import torch
 from torch import nn
 
 from apcnet import APCNet
-from pipeline.config.schema import ModelSection, ScalingSection
-from pipeline.train.state import RunDescription
+from apcnet.schedule import PolyLR
+from pipeline.config.schema import ExperimentConfig, ModelSection, ScalingSection
+from pipeline.train.state import RunDescription, TrainingState
 
 
 @dataclass(frozen=True)
@@ -82,3 +84,43 @@ def build_training_model(
         model = model.to(memory_format=torch.channels_last)
     torch.manual_seed(seed + 1 + rank)
     return model
+
+
+def build_training_state(
+    config: ExperimentConfig,
+    run: RunDescription,
+    features: DeviceFeatures,
+    device: torch.device,
+    *,
+    rank: int,
+    total_iterations: int,
+) -> TrainingState:
+    """A fresh training state: the model, its optimizer, the poly schedule over
+    `total_iterations` steps and the fp16 loss scaler (a no-op unless autocast runs fp16)."""
+    model = build_training_model(
+        config.model, run, features, device, seed=config.data.seed, rank=rank
+    )
+    optimizer = build_optimizer(model, config)
+    scheduler = PolyLR(
+        optimizer,
+        total_iters=total_iterations,
+        power=config.schedule.power,
+        min_lr=config.schedule.min_lr,
+        warmup_iters=config.schedule.warmup_iterations,
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=features.autocast_dtype == torch.float16)
+    return TrainingState(model, optimizer, scheduler, scaler)
+
+
+def build_optimizer(model: nn.Module, config: ExperimentConfig) -> torch.optim.Optimizer:
+    optimization = config.optimization
+    if optimization.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=optimization.lr,
+            momentum=optimization.momentum,
+            weight_decay=optimization.weight_decay,
+        )
+    return torch.optim.AdamW(
+        model.parameters(), lr=optimization.lr, weight_decay=optimization.weight_decay
+    )

@@ -2,14 +2,14 @@
 
 The folder holds `checkpoint.pt`, written by `apcnet.checkpoint.save_checkpoint` so the
 evaluation job and `apcnet` users read it like any model checkpoint: weights, class names,
-palette and normalisation, plus the optimizer state and, under `extra`, everything a resumed
-run needs (scaler and scheduler state, epoch, global iteration, the resolved config, the data
-manifest path).
+palette and normalisation, plus the optimizer state and, under `extra`, the run's name and
+everything a resumed run needs (scaler and scheduler state, epoch, global iteration, the
+resolved config, the data manifest path).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,19 @@ from torch import nn
 from apcnet.checkpoint import load_checkpoint, save_checkpoint
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FOLDER_PREFIX = "epoch_"
+
+
+def checkpoint_folder_name(epoch: int) -> str:
+    """The checkpoint folder written after `epoch` in the run folder: `epoch_0004`."""
+    return f"{CHECKPOINT_FOLDER_PREFIX}{epoch:04d}"
 
 
 @dataclass(frozen=True)
 class RunDescription:
     """What a checkpoint says about the run that wrote it (fixed for the whole run)."""
 
+    run_name: str
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
     ignore_index: int
@@ -44,65 +51,71 @@ class Progress:
     history: tuple[dict[str, float], ...] = ()
 
 
-def save_training_state(
-    folder: Path,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    progress: Progress,
-    run: RunDescription,
-) -> Path:
-    """Write `<folder>/checkpoint.pt`; returns its path.
+@dataclass(frozen=True)
+class TrainingState:
+    """Everything a worker optimises and a resumed run continues from, as one object.
 
-    `model` is the bare model (not the DDP wrapper), so the keys load into a plain APCNet.
+    `model` is the bare model (not the DDP wrapper), so a saved checkpoint loads into a plain
+    APCNet. The torch objects change in place as training steps; `progress` is replaced by
+    `after_epoch`, and `restored_from` returns the state a checkpoint holds.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    # save_checkpoint writes under a temporary name and renames: never a half-written file.
-    return save_checkpoint(
-        folder / CHECKPOINT_FILE,
-        model,
-        class_names=run.class_names,
-        palette=run.palette,
-        ignore_index=run.ignore_index,
-        mean=run.mean,
-        std=run.std,
-        optimizer_state=optimizer.state_dict(),
-        extra={
-            "scaler": scaler.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": progress.epoch,
-            "global_iteration": progress.global_iteration,
-            "history": [dict(metrics) for metrics in progress.history],
-            "config": run.config,
-            "manifest_path": run.manifest_path,
-        },
-    )
 
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    progress: Progress = Progress()
 
-def restore_training_state(
-    folder: Path,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-) -> Progress:
-    """Load weights and optimizer/scheduler/scaler state from `folder`; return the progress."""
-    path = folder / CHECKPOINT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint folder {folder} has no {CHECKPOINT_FILE}; it was not written by "
-            "pipeline.train.state.save_training_state"
+    def after_epoch(self, epoch: int, iterations: int, metrics: dict[str, float]) -> TrainingState:
+        """The state once `epoch` finished after `iterations` steps, reporting `metrics`."""
+        progress = Progress(
+            epoch,
+            self.progress.global_iteration + iterations,
+            (*self.progress.history, metrics),
         )
-    loaded = load_checkpoint(path)
-    model.load_state_dict(loaded.state_dict)
-    if loaded.optimizer_state is not None:
-        optimizer.load_state_dict(loaded.optimizer_state)
-    scheduler.load_state_dict(loaded.extra["scheduler"])
-    scaler.load_state_dict(loaded.extra["scaler"])
-    return _progress(loaded.extra)
+        return replace(self, progress=progress)
+
+    def save(self, folder: Path, run: RunDescription) -> Path:
+        """Write `<folder>/checkpoint.pt` (atomically, by `apcnet.checkpoint.save_checkpoint`);
+        returns its path."""
+        folder.mkdir(parents=True, exist_ok=True)
+        return save_checkpoint(
+            folder / CHECKPOINT_FILE,
+            self.model,
+            class_names=run.class_names,
+            palette=run.palette,
+            ignore_index=run.ignore_index,
+            mean=run.mean,
+            std=run.std,
+            optimizer_state=self.optimizer.state_dict(),
+            extra={
+                "run_name": run.run_name,
+                "scaler": self.scaler.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "epoch": self.progress.epoch,
+                "global_iteration": self.progress.global_iteration,
+                "history": [dict(metrics) for metrics in self.progress.history],
+                "config": run.config,
+                "manifest_path": run.manifest_path,
+            },
+        )
+
+    def restored_from(self, folder: Path) -> TrainingState:
+        """Load weights and optimizer/scheduler/scaler state from `folder` into this state's
+        objects; returns the state with the checkpoint's progress."""
+        path = folder / CHECKPOINT_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"checkpoint folder {folder} has no {CHECKPOINT_FILE}; it was not written by "
+                "pipeline.train.state.TrainingState.save"
+            )
+        loaded = load_checkpoint(path)
+        self.model.load_state_dict(loaded.state_dict)
+        if loaded.optimizer_state is not None:
+            self.optimizer.load_state_dict(loaded.optimizer_state)
+        self.scheduler.load_state_dict(loaded.extra["scheduler"])
+        self.scaler.load_state_dict(loaded.extra["scaler"])
+        return replace(self, progress=_progress(loaded.extra))
 
 
 def read_progress(folder: Path) -> Progress:

@@ -2,10 +2,10 @@
 
 One epoch: train on this worker's share of the train split (DDP averages gradients), validate
 every `evaluation.every_epochs` epochs on this worker's disjoint share of the val split
-(intersection/union counts summed over workers, so every val sample counts exactly once),
-log the epoch's metrics to MLflow from rank 0, then `ray.train.report` the metrics with a
-checkpoint. A replayed epoch after a restart is logged again and skipped by the tracker, which
-ignores steps it already has, so MLflow holds every epoch exactly once.
+(counts summed over workers, so every val sample counts exactly once), log the epoch's metrics
+to MLflow from rank 0, then `ray.train.report` the metrics with a checkpoint. A replayed epoch
+after a restart is logged again and skipped by the tracker, which ignores steps it already
+has, so MLflow holds every epoch exactly once.
 
 A NaN or infinite loss is not a worker failure: all workers agree on it (all-reduce), log
 `nonfinite_loss=1` to MLflow and return that status to the driver without a checkpoint, so Ray
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -30,17 +29,11 @@ import torch.distributed as dist
 from torch import nn
 
 from apcnet.loss import segmentation_loss
-from apcnet.metrics import MeanIoU
-from apcnet.schedule import PolyLR
 from pipeline.config.schema import ExperimentConfig
-from pipeline.train.fault_injection import maybe_kill_worker
-from pipeline.train.model import build_training_model, device_features
-from pipeline.train.state import (
-    Progress,
-    RunDescription,
-    restore_training_state,
-    save_training_state,
-)
+from pipeline.train.hooks import LoopPosition, TrainingHook
+from pipeline.train.model import DeviceFeatures, build_training_state, device_features
+from pipeline.train.state import RunDescription, TrainingState, checkpoint_folder_name
+from pipeline.train.validation import validate
 
 COMPLETED_STATUS = "completed"
 NONFINITE_STATUS = "nonfinite_loss"
@@ -56,20 +49,47 @@ class LoopSettings:
     run_name: str
     run_folder: str
     description: RunDescription
-    ignore_index: int
     iterations_per_epoch: int
     total_epochs: int
     total_iterations: int
     tracking_uri: str | None
     experiment_name: str | None
     tracking_tags: dict[str, str]
+    hooks: tuple[TrainingHook, ...] = ()
+
+    def validates_after(self, epoch: int) -> bool:
+        return epoch % self.config.evaluation.every_epochs == 0 or epoch == self.total_epochs
 
 
-@dataclass
+@dataclass(frozen=True)
+class Worker:
+    """This worker's place in the group and the device features it trains with."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    features: DeviceFeatures
+
+    @staticmethod
+    def current(settings: LoopSettings) -> Worker:
+        context = ray.train.get_context()
+        world_size = context.get_world_size()
+        device = ray.train.torch.get_device()
+        features = device_features(settings.config.scaling, device, world_size)
+        return Worker(context.get_world_rank(), world_size, device, features)
+
+    def say(self, message: str) -> None:
+        if self.rank == 0:
+            print(message, file=sys.stdout, flush=True)
+
+
+@dataclass(frozen=True)
 class EpochResult:
     train_loss: float
     images: int
     iterations: int
+    seconds: float
+    first_step_unix_s: float | None
     nonfinite_at_iteration: int | None
 
 
@@ -80,271 +100,179 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     {"status": "nonfinite_loss", "epoch": e, "global_iteration": i}.
     """
     settings: LoopSettings = loop_config["settings"]
-    config = settings.config
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    features = device_features(config.scaling, device, world_size)
-
-    model = build_training_model(
-        config.model,
+    worker = Worker.current(settings)
+    state = build_training_state(
+        settings.config,
         settings.description,
-        features,
-        device,
-        seed=config.data.seed,
-        rank=rank,
+        worker.features,
+        worker.device,
+        rank=worker.rank,
+        total_iterations=settings.total_iterations,
     )
-    optimizer = _build_optimizer(model, config)
-    scheduler = PolyLR(
-        optimizer,
-        total_iters=settings.total_iterations,
-        power=config.schedule.power,
-        min_lr=config.schedule.min_lr,
-        warmup_iters=config.schedule.warmup_iterations,
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=features.autocast_dtype == torch.float16)
-    progress = Progress()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    if (checkpoint := ray.train.get_checkpoint()) is not None:
         with checkpoint.as_directory() as folder:
-            progress = restore_training_state(
-                Path(folder), model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler
-            )
-        _say(rank, f"resuming {settings.run_name} after epoch {progress.epoch}")
-    bare_model = model
-    model = ray.train.torch.prepare_model(model) if world_size > 1 else model
-
-    tracker = _open_tracker(settings) if rank == 0 and config.tracking.enabled else None
+            state = state.restored_from(Path(folder))
+        worker.say(f"resuming {settings.run_name} after epoch {state.progress.epoch}")
+    model = ray.train.torch.prepare_model(state.model) if worker.world_size > 1 else state.model
+    tracker = _open_tracker(settings) if worker.rank == 0 else None
     train_shard = ray.train.get_dataset_shard(TRAIN_SPLIT)
     val_shard = ray.train.get_dataset_shard(VAL_SPLIT)
-    per_worker_batch = config.optimization.batch_size // world_size
-    first_step_time: list[float] = []
+    first_step_unix_s = float("nan")
 
-    for epoch in range(progress.epoch + 1, settings.total_epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        epoch_result = _train_one_epoch(
-            model,
-            optimizer,
-            scheduler,
-            scaler,
-            train_shard.iter_torch_batches(batch_size=per_worker_batch, drop_last=True),
-            settings=settings,
-            features=features,
-            device=device,
-            start_iteration=progress.global_iteration,
-            first_step_time=first_step_time,
-        )
-        previous = progress
-        progress = Progress(epoch, previous.global_iteration + epoch_result.iterations)
-        if epoch_result.nonfinite_at_iteration is not None:
-            stopped = {
-                "epoch": epoch,
-                "global_iteration": epoch_result.nonfinite_at_iteration,
-            }
-            if tracker is not None:
-                tracker.log_metrics({"nonfinite_loss": 1}, step=epoch)
-            _say(
-                rank, f"non-finite loss in epoch {epoch} at iteration {stopped['global_iteration']}"
-            )
-            return {"status": NONFINITE_STATUS, **stopped}
-        epoch_time = time.perf_counter() - started
-        metrics: dict[str, float] = {
-            "epoch": epoch,
-            "global_iteration": progress.global_iteration,
-            "train_loss": epoch_result.train_loss,
-            "lr": optimizer.param_groups[0]["lr"],
-            "images_per_s": epoch_result.images / epoch_time,
-            "epoch_time_s": epoch_time,
-            "first_step_unix_s": first_step_time[0] if first_step_time else float("nan"),
-        }
-        is_last = epoch == settings.total_epochs
-        if epoch % config.evaluation.every_epochs == 0 or is_last:
-            metrics.update(_validate(bare_model, val_shard, settings, features, device, world_size))
+    for epoch in range(state.progress.epoch + 1, settings.total_epochs + 1):
+        result = train_one_epoch(model, state, train_shard, settings, worker, epoch)
+        if result.nonfinite_at_iteration is not None:
+            return _stop_on_nonfinite_loss(epoch, result.nonfinite_at_iteration, tracker, worker)
+        if math.isnan(first_step_unix_s) and result.first_step_unix_s is not None:
+            first_step_unix_s = result.first_step_unix_s
+        metrics = _epoch_metrics(epoch, result, state, first_step_unix_s)
+        if settings.validates_after(epoch):
+            metrics |= _validate(state.model, val_shard, settings, worker)
         if tracker is not None:
             tracker.log_metrics(_tracked(metrics), step=epoch)
-        _say(rank, _epoch_line(metrics, settings.total_epochs))
-        maybe_kill_worker(
-            config.testing,
-            settings.run_folder,
-            settings.iterations_per_epoch,
-            epoch,
-            rank,
-            after_metrics_logged=True,
-        )
-        progress = Progress(epoch, progress.global_iteration, (*previous.history, metrics))
-        _report_with_checkpoint(
-            metrics, rank, bare_model, optimizer, scheduler, scaler, progress, settings
-        )
-        if progress.global_iteration >= settings.total_iterations:
+        worker.say(_epoch_line(metrics, settings.total_epochs))
+        for hook in settings.hooks:
+            hook.epoch_logged(_position(settings, worker, epoch, state.progress.global_iteration))
+        state = state.after_epoch(epoch, result.iterations, metrics)
+        _report_with_checkpoint(metrics, state, settings, worker)
+        if state.progress.global_iteration >= settings.total_iterations:
             break
     return {"status": COMPLETED_STATUS}
 
 
-def _train_one_epoch(
+def train_one_epoch(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: PolyLR,
-    scaler: torch.amp.GradScaler,
-    batches: Any,
-    *,
+    state: TrainingState,
+    train_shard: Any,
     settings: LoopSettings,
-    features: Any,
-    device: torch.device,
-    start_iteration: int,
-    first_step_time: list[float],
+    worker: Worker,
+    epoch: int,
 ) -> EpochResult:
-    """Train over this worker's batches; losses are averaged over workers every step."""
+    """Train over this worker's batches of one epoch; losses are averaged over workers every
+    step. `model` is `state.model`, wrapped in DDP when there are several workers."""
     config = settings.config
-    loss_sum, iterations, images_seen = 0.0, 0, 0
+    features = worker.features
+    started = time.perf_counter()
+    model.train()
+    loss_sum, iterations, images_seen, first_step = 0.0, 0, 0, None
+    batches = train_shard.iter_torch_batches(
+        batch_size=config.optimization.batch_size // worker.world_size, drop_last=True
+    )
     for batch in batches:
-        iteration = start_iteration + iterations + 1
+        iteration = state.progress.global_iteration + iterations + 1
         if iteration > settings.total_iterations:
             break
-        maybe_kill_worker(
-            config.testing,
-            settings.run_folder,
-            settings.iterations_per_epoch,
-            (iteration - 1) // settings.iterations_per_epoch + 1,
-            None,
-            mid_epoch=iteration,
-        )
-        images, masks = _batch_to_device(batch, device, features.channels_last)
+        position = _position(settings, worker, epoch, iteration)
+        for hook in settings.hooks:
+            hook.before_step(position)
+        images, masks = _batch_to_device(batch, worker.device, features.channels_last)
         with torch.autocast(
-            device.type, dtype=features.autocast_dtype, enabled=features.autocast_dtype is not None
+            worker.device.type,
+            dtype=features.autocast_dtype,
+            enabled=features.autocast_dtype is not None,
         ):
             outputs = model(images)
             loss = segmentation_loss(
                 outputs,
                 masks,
                 aux_weight=config.model.aux_loss_weight,
-                ignore_index=settings.ignore_index,
+                ignore_index=settings.description.ignore_index,
             )
-        if config.testing.nan_at_iteration == iteration:
-            loss = loss * float("nan")
+        for hook in settings.hooks:
+            loss = hook.loss_computed(position, loss)
         # One all-reduce per step: the logged loss is the global mean, and every worker sees a
         # non-finite loss on any worker, so they all stop at the same step.
         global_loss = _all_reduce_mean(loss.detach().float())
         if not math.isfinite(global_loss):
-            return EpochResult(loss_sum / max(iterations, 1), images_seen, iterations, iteration)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config.optimization.grad_clip_norm is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), config.optimization.grad_clip_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if not first_step_time:
-            first_step_time.append(time.time())
+            return EpochResult(math.nan, 0, iterations, 0.0, first_step, iteration)
+        _optimisation_step(state, loss, config.optimization.grad_clip_norm)
+        first_step = first_step or time.time()
         loss_sum += global_loss
         iterations += 1
         images_seen += images.shape[0]
-    world_images = images_seen * (dist.get_world_size() if dist.is_initialized() else 1)
-    return EpochResult(loss_sum / max(iterations, 1), world_images, iterations, None)
+    return EpochResult(
+        train_loss=loss_sum / max(iterations, 1),
+        images=images_seen * worker.world_size,
+        iterations=iterations,
+        seconds=time.perf_counter() - started,
+        first_step_unix_s=first_step,
+        nonfinite_at_iteration=None,
+    )
 
 
-@torch.no_grad()
-def _validate(
-    model: nn.Module,
-    val_shard: Any,
-    settings: LoopSettings,
-    features: Any,
-    device: torch.device,
-    world_size: int,
+def _epoch_metrics(
+    epoch: int, result: EpochResult, state: TrainingState, first_step_unix_s: float
 ) -> dict[str, float]:
-    """Exact mIoU over the whole val split: per-worker counts summed over workers."""
-    model.eval()
-    class_names = settings.description.class_names
-    metric = MeanIoU(len(class_names), settings.ignore_index)
-    # Val images keep their own sizes; rows of one batch are stacked only when they match.
-    for batch in val_shard.iter_batches(
-        batch_size=settings.config.evaluation.batch_size, batch_format="numpy"
-    ):
-        for images, masks in _same_size_groups(batch["image"], batch["mask"]):
-            images = images.to(device)
-            if features.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(
-                device.type,
-                dtype=features.autocast_dtype,
-                enabled=features.autocast_dtype is not None,
-            ):
-                logits = model(images)["out"]
-            metric.update(logits.argmax(dim=1), masks.to(device))
-    counts = metric.counts().to(device)
-    if world_size > 1:
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-    scores = MeanIoU.from_counts(counts.cpu(), settings.ignore_index).compute()
-    metrics = {"val_miou": scores.miou, "val_pixel_accuracy": scores.pixel_accuracy}
-    for name, iou in zip(class_names, scores.per_class_iou, strict=True):
-        metrics[f"val_iou/{name}"] = iou
-    return metrics
+    return {
+        "epoch": epoch,
+        "global_iteration": state.progress.global_iteration + result.iterations,
+        "train_loss": result.train_loss,
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "images_per_s": result.images / result.seconds,
+        "epoch_time_s": result.seconds,
+        "first_step_unix_s": first_step_unix_s,
+    }
+
+
+def _optimisation_step(state: TrainingState, loss: torch.Tensor, clip_norm: float | None) -> None:
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if clip_norm is not None:
+        state.scaler.unscale_(state.optimizer)
+        nn.utils.clip_grad_norm_(state.model.parameters(), clip_norm)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+
+
+def _validate(
+    model: nn.Module, val_shard: Any, settings: LoopSettings, worker: Worker
+) -> dict[str, float]:
+    return validate(
+        model,
+        val_shard,
+        class_names=settings.description.class_names,
+        ignore_index=settings.description.ignore_index,
+        batch_size=settings.config.evaluation.batch_size,
+        features=worker.features,
+        device=worker.device,
+        world_size=worker.world_size,
+    )
+
+
+def _stop_on_nonfinite_loss(
+    epoch: int, iteration: int, tracker: Any, worker: Worker
+) -> dict[str, Any]:
+    if tracker is not None:
+        tracker.log_metrics({"nonfinite_loss": 1}, step=epoch)
+    worker.say(f"non-finite loss in epoch {epoch} at iteration {iteration}")
+    return {"status": NONFINITE_STATUS, "epoch": epoch, "global_iteration": iteration}
 
 
 def _report_with_checkpoint(
-    metrics: dict[str, float],
-    rank: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: PolyLR,
-    scaler: torch.amp.GradScaler,
-    progress: Progress,
-    settings: LoopSettings,
+    metrics: dict[str, float], state: TrainingState, settings: LoopSettings, worker: Worker
 ) -> None:
     """Report the epoch; rank 0 attaches the checkpoint (the others report metrics only)."""
     # Ray ranks checkpoints by val_miou; an epoch without validation ranks lowest (nan).
     reported = {"val_miou": float("nan"), **metrics}
-    name = f"epoch_{progress.epoch:04d}"
-    if rank != 0:
+    name = checkpoint_folder_name(state.progress.epoch)
+    if worker.rank != 0:
         ray.train.report(reported, checkpoint=None, checkpoint_dir_name=name)
         return
     with tempfile.TemporaryDirectory(prefix="apcnet-ckpt-") as folder:
-        save_training_state(
-            Path(folder),
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            progress=progress,
-            run=settings.description,
-        )
+        state.save(Path(folder), settings.description)
         checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(reported, checkpoint=checkpoint, checkpoint_dir_name=name)
 
 
-def _same_size_groups(images: Any, masks: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Split a numpy batch (stacked, or object arrays of per-row arrays) into tensor groups
-    of equal size: images (n, 3, h, w) float32, masks (n, h, w) int64."""
-    rows = [
-        (np.asarray(image), np.asarray(mask)) for image, mask in zip(images, masks, strict=True)
-    ]
-    groups: list[tuple[torch.Tensor, torch.Tensor]] = []
-    start = 0
-    for end in range(1, len(rows) + 1):
-        if end == len(rows) or rows[end][0].shape != rows[start][0].shape:
-            group = rows[start:end]
-            groups.append(
-                (
-                    torch.from_numpy(np.stack([image for image, _ in group])),
-                    torch.from_numpy(np.stack([mask for _, mask in group]).astype(np.int64)),
-                )
-            )
-            start = end
-    return groups
-
-
-def _build_optimizer(model: nn.Module, config: ExperimentConfig) -> torch.optim.Optimizer:
-    optimization = config.optimization
-    if optimization.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=optimization.lr,
-            momentum=optimization.momentum,
-            weight_decay=optimization.weight_decay,
-        )
-    return torch.optim.AdamW(
-        model.parameters(), lr=optimization.lr, weight_decay=optimization.weight_decay
+def _position(settings: LoopSettings, worker: Worker, epoch: int, iteration: int) -> LoopPosition:
+    return LoopPosition(
+        rank=worker.rank,
+        world_size=worker.world_size,
+        epoch=epoch,
+        iteration=iteration,
+        iterations_per_epoch=settings.iterations_per_epoch,
+        run_folder=settings.run_folder,
     )
 
 
@@ -368,6 +296,8 @@ def _all_reduce_mean(value: torch.Tensor) -> float:
 
 
 def _open_tracker(settings: LoopSettings) -> Any:
+    if not settings.config.tracking.enabled:
+        return None
     from pipeline.tracking.runs import RunTracker
 
     return RunTracker.open(
@@ -392,8 +322,3 @@ def _epoch_line(metrics: dict[str, float], total_epochs: int) -> str:
     if "val_pixel_accuracy" in metrics:
         parts.append(f"val_pixel_accuracy={metrics['val_pixel_accuracy']:.4g}")
     return "  ".join(parts)
-
-
-def _say(rank: int, message: str) -> None:
-    if rank == 0:
-        print(message, file=sys.stdout, flush=True)

@@ -1,0 +1,81 @@
+"""Test-only training hooks: a worker that dies at a chosen moment, a loss that turns NaN.
+
+A worker really dies (`os._exit(1)`, no cleanup, like a crashed process), once per run: a
+marker file in the run folder remembers the kill, so the replacement worker that Ray Train
+starts trains on. Tests install these hooks through `fit_run(..., hooks=...)` or, for a job
+run as a subprocess, through `APCNET_TRAINING_HOOKS=training_faults:<factory>` with this
+folder on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray.cloudpickle
+import torch
+
+from pipeline.train.hooks import LoopPosition, TrainingHook
+
+# Ray workers cannot import this test module (tests/ is not on their path), so its hooks
+# travel to them by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def kill_marker(run_folder: str | Path, moment: str, epoch: int) -> Path:
+    """The file that records that a worker was killed at `moment` of `epoch`."""
+    return Path(run_folder) / f".testing-killed-{moment}-epoch-{epoch}"
+
+
+def _exit_once(position: LoopPosition, moment: str) -> None:
+    marker = kill_marker(position.run_folder, moment, position.epoch)
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("killed by a test hook\n")
+    print(f"[test hook] worker rank {position.rank} exits abruptly ({moment})", flush=True)
+    os._exit(1)
+
+
+@dataclass(frozen=True)
+class KillAfterLogging(TrainingHook):
+    """Rank 0 dies after `epoch`'s metrics reached MLflow and before its checkpoint is
+    reported: the worst moment for duplicate metrics."""
+
+    epoch: int
+
+    def epoch_logged(self, position: LoopPosition) -> None:
+        if position.epoch == self.epoch and position.rank == 0:
+            _exit_once(position, "after-logging")
+
+
+@dataclass(frozen=True)
+class KillMidEpoch(TrainingHook):
+    """The last worker dies before the middle step of `epoch`."""
+
+    epoch: int
+
+    def before_step(self, position: LoopPosition) -> None:
+        first = (self.epoch - 1) * position.iterations_per_epoch + 1
+        middle = first + position.iterations_per_epoch // 2
+        if position.iteration == middle and position.rank == position.world_size - 1:
+            _exit_once(position, "mid-epoch")
+
+
+@dataclass(frozen=True)
+class NanLossAt(TrainingHook):
+    """The loss becomes NaN at global `iteration` (1-based) on every worker."""
+
+    iteration: int
+
+    def loss_computed(self, position: LoopPosition, loss: torch.Tensor) -> torch.Tensor:
+        return loss * float("nan") if position.iteration == self.iteration else loss
+
+
+def two_worker_deaths() -> list[TrainingHook]:
+    """For APCNET_TRAINING_HOOKS: rank 0 dies right after epoch 1's metrics reached MLflow
+    (epoch 1 is replayed from scratch), then the last worker in the middle of epoch 2 (resumed
+    from epoch 1's checkpoint)."""
+    return [KillAfterLogging(epoch=1), KillMidEpoch(epoch=2)]
