@@ -2,26 +2,45 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
+import requests
 from matplotlib.figure import Figure
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
+from pipeline.tracking.provenance import git_commit
+from pipeline.tracking.retry import (
+    HTTP_CLIENT_DEFAULTS,
+    RetryPolicy,
+    TrackingUnavailableError,
+    call_with_retry,
+    tracking_client,
+)
 from pipeline.tracking.runs import (
     ParamConflictError,
     RunTracker,
     child_runs,
     find_run,
-    git_commit,
     resolve_tracking,
     sanitize_key,
+)
+from pipeline.tracking.tables import csv_table, markdown_table, text_table
+from pipeline.tracking.tags import (
+    DESCRIPTION_TAG,
+    GIT_COMMIT_TAG,
+    PARENT_RUN_TAG,
+    RUN_NAME_TAG,
 )
 
 
@@ -130,7 +149,7 @@ def test_a_run_opened_with_a_parent_is_nested_and_listed_as_its_child(store):
     open_run(store, "unrelated")
     found = child_runs(parent.run_id, tracking_uri=store)
     assert [run.info.run_id for run in found] == [child.run_id for child in children]
-    assert found[0].data.tags["mlflow.parentRunId"] == parent.run_id
+    assert found[0].data.tags[PARENT_RUN_TAG] == parent.run_id
 
 
 def test_open_sets_tags_description_and_git_commit(store, monkeypatch):
@@ -138,9 +157,9 @@ def test_open_sets_tags_description_and_git_commit(store, monkeypatch):
     tracker = open_run(store, tags={"dataset": "voc"}, description="R50 baseline")
     tags = mlflow.MlflowClient(tracking_uri=store).get_run(tracker.run_id).data.tags
     assert tags["dataset"] == "voc"
-    assert tags["mlflow.note.content"] == "R50 baseline"
-    assert tags["mlflow.source.git.commit"] == "abc123"
-    assert tags["apcnet.run_name"] == "r50-voc"
+    assert tags[DESCRIPTION_TAG] == "R50 baseline"
+    assert tags[GIT_COMMIT_TAG] == "abc123"
+    assert tags[RUN_NAME_TAG] == "r50-voc"
 
 
 def test_reopening_without_the_repository_keeps_the_known_git_commit(store, monkeypatch):
@@ -149,7 +168,7 @@ def test_reopening_without_the_repository_keeps_the_known_git_commit(store, monk
     monkeypatch.setenv("APCNET_GIT_COMMIT", "unknown")
     tracker = open_run(store)
     tags = mlflow.MlflowClient(tracking_uri=store).get_run(tracker.run_id).data.tags
-    assert tags["mlflow.source.git.commit"] == "abc123"
+    assert tags[GIT_COMMIT_TAG] == "abc123"
 
 
 def test_artifacts_of_every_kind_land_in_the_run(store, tmp_path):
@@ -199,6 +218,15 @@ def test_log_table_writes_csv_and_markdown(store, tmp_path):
 def test_log_table_rejects_rows_of_the_wrong_width(store):
     with pytest.raises(ValueError, match="row 0 has 1 cells but there are 2 columns"):
         open_run(store).log_table([["sky"]], ["class", "iou"], "iou.csv")
+
+
+def test_log_table_writes_console_text_too(store, tmp_path):
+    tracker = open_run(store)
+    tracker.log_table([["sky", 0.5]], ["class", "iou"], "iou.txt")
+    out = tmp_path / "out"
+    out.mkdir()
+    text = downloaded_text(store, tracker.run_id, "iou.txt", out)
+    assert text.splitlines() == ["class     iou", "-----  ------", "sky    0.5000"]
 
 
 def test_context_manager_ends_the_run_failed_when_the_block_raises(store):
@@ -251,6 +279,140 @@ def test_git_commit_is_unknown_outside_a_repository(monkeypatch, tmp_path):
     monkeypatch.delenv("APCNET_GIT_COMMIT", raising=False)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     assert git_commit(tmp_path) == "unknown"
+
+
+# ------------------------------------------------------------------------------------------
+# Tables: one (columns, rows), three renderings
+
+
+TABLE_COLUMNS = ["class", "iou", "pixels"]
+TABLE_ROWS = [["background", 0.91234, 1200], ["aeroplane", float("nan"), 35]]
+
+
+def test_a_text_table_pads_columns_and_right_aligns_numbers():
+    assert text_table(TABLE_COLUMNS, TABLE_ROWS).splitlines() == [
+        "class          iou  pixels",
+        "----------  ------  ------",
+        "background  0.9123    1200",
+        "aeroplane      nan      35",
+    ]
+
+
+def test_csv_keeps_full_precision_while_markdown_rounds_like_the_text_table():
+    assert csv_table(TABLE_COLUMNS, TABLE_ROWS).splitlines()[1] == "background,0.91234,1200"
+    assert markdown_table(TABLE_COLUMNS, TABLE_ROWS).splitlines()[2] == (
+        "| background | 0.9123 | 1200 |"
+    )
+
+
+def test_small_floats_keep_three_significant_digits_in_a_text_table():
+    lines = text_table(["lr"], [[0.003], [2.5e-9]]).splitlines()
+    assert [line.strip() for line in lines[2:]] == ["0.003", "2.5e-09"]
+
+
+# ------------------------------------------------------------------------------------------
+# The retry policy
+
+
+QUICK_POLICY = RetryPolicy(budget_s=0.3, first_delay_s=0.01, max_delay_s=0.05)
+
+
+class FlakyCall:
+    """Fails with `error` the first `failures` times, then returns "done"."""
+
+    def __init__(self, error: Exception, failures: int) -> None:
+        self.error = error
+        self.failures = failures
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return "done"
+
+
+def connection_refused() -> MlflowException:
+    """What MLflow raises when nothing listens: a plain MlflowException over requests' error."""
+    try:
+        raise requests.exceptions.ConnectionError("Connection refused")
+    except requests.exceptions.ConnectionError:
+        try:
+            raise MlflowException("API request to http://127.0.0.1:9/api failed")
+        except MlflowException as wrapped:
+            return wrapped
+
+
+def test_a_transient_error_is_retried_until_the_call_succeeds():
+    call = FlakyCall(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE), failures=2)
+    assert call_with_retry(call, "http://tracker:5000", QUICK_POLICY) == "done"
+    assert call.calls == 3
+
+
+def test_a_refused_connection_wrapped_by_mlflow_is_retried():
+    call = FlakyCall(connection_refused(), failures=1)
+    assert call_with_retry(call, "http://tracker:5000", QUICK_POLICY) == "done"
+
+
+def test_an_error_that_waiting_cannot_clear_is_raised_at_once():
+    call = FlakyCall(MlflowException("bad", error_code=INVALID_PARAMETER_VALUE), failures=5)
+    with pytest.raises(MlflowException, match="bad"):
+        call_with_retry(call, "http://tracker:5000", QUICK_POLICY)
+    assert call.calls == 1
+
+
+def test_a_store_that_stays_unavailable_raises_once_the_budget_is_spent():
+    call = FlakyCall(connection_refused(), failures=1000)
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError, match=r"http://tracker:5000.*running"):
+        call_with_retry(call, "http://tracker:5000", QUICK_POLICY)
+    assert QUICK_POLICY.budget_s <= time.monotonic() - started < QUICK_POLICY.budget_s + 5
+    assert call.calls > 2
+
+
+@pytest.fixture
+def http_settings_restored() -> Iterator[None]:
+    """`tracking_client` sets MLflow's HTTP settings process-wide: put them back afterwards."""
+    saved = {name: os.environ.get(name) for name in HTTP_CLIENT_DEFAULTS}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.mark.usefixtures("http_settings_restored")
+def test_a_client_for_a_server_turns_mlflows_own_retries_off_unless_the_user_set_them():
+    for name in HTTP_CLIENT_DEFAULTS:
+        os.environ.pop(name, None)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "45"
+    tracking_client("http://tracker:5000")
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "45"
+
+
+@pytest.mark.usefixtures("http_settings_restored")
+def test_a_client_for_a_sqlite_store_leaves_mlflows_http_settings_alone(store):
+    for name in HTTP_CLIENT_DEFAULTS:
+        os.environ.pop(name, None)
+    tracking_client(store)
+    assert not any(name in os.environ for name in HTTP_CLIENT_DEFAULTS)
+
+
+@pytest.mark.usefixtures("http_settings_restored")
+def test_an_unreachable_tracking_server_fails_within_40_s_naming_its_uri():
+    for name in HTTP_CLIENT_DEFAULTS:
+        os.environ.pop(name, None)
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError, match=re.escape(url)):
+        RunTracker.open("nowhere", tracking_uri=url, experiment="tests")
+    assert time.monotonic() - started < 40
+
+
+# ------------------------------------------------------------------------------------------
+# A real tracking server
 
 
 def free_port() -> int:

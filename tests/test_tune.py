@@ -11,6 +11,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from ray import tune
+from tune_faults import InterruptAfterTrials
 
 from pipeline.config.schema import ExperimentConfig, load_config
 from pipeline.config.search import (
@@ -20,8 +21,13 @@ from pipeline.config.search import (
     validate_tune_section,
 )
 from pipeline.config.typed import ConfigError
-from pipeline.tracking.compare import TRIAL_STATUS_TAG
 from pipeline.tracking.runs import child_runs
+from pipeline.tracking.tags import (
+    BEST_PARAMETER_TAG_PREFIX,
+    BEST_TRIAL_TAG,
+    TRIAL_ID_TAG,
+    TRIAL_STATUS_TAG,
+)
 from pipeline.tune.search import (
     build_param_space,
     build_search_algorithm,
@@ -163,26 +169,45 @@ def test_a_trial_that_ended_before_its_last_epoch_was_stopped_early() -> None:
     assert classify_trial(2, 3, errored=False, finished=False) == UNFINISHED
 
 
+SCORED_ROWS = [
+    TrialRow("a", "s-a", {"lr": 0.1}, 3, 0.2, COMPLETED),
+    TrialRow("b", "s-b", {"lr": 0.01}, 1, float("nan"), ERRORED),
+    TrialRow("c", "s-c", {"lr": 0.02}, 3, 0.5, COMPLETED),
+]
+
+
 def test_the_best_trial_ignores_trials_without_a_value() -> None:
+    assert best_row(SCORED_ROWS, "max").trial_id == "c"
+    assert best_row(SCORED_ROWS, "min").trial_id == "a"
+
+
+def test_the_trials_table_lists_trials_best_first_and_those_without_a_value_last() -> None:
+    header, _, *lines = format_trials_table(SCORED_ROWS, "val_miou").splitlines()
+    assert header.split() == ["trial", "lr", "epochs", "best_val_miou", "status"]
+    assert [line.split()[0] for line in lines] == ["c", "a", "b"]
+
+
+def test_the_trials_table_has_a_column_for_every_searched_dimension() -> None:
     rows = [
-        TrialRow("a", "s-a", {"lr": 0.1}, 3, 0.2, COMPLETED),
-        TrialRow("b", "s-b", {"lr": 0.01}, 1, float("nan"), ERRORED),
-        TrialRow("c", "s-c", {"lr": 0.02}, 3, 0.5, COMPLETED),
+        TrialRow("a", "s-a", {"lr": 0.01, "weight_decay": 1e-4, "seed": 0}, 3, 0.2, COMPLETED),
+        TrialRow("b", "s-b", {"lr": 0.01, "weight_decay": 5e-4, "seed": 1}, 3, 0.3, COMPLETED),
     ]
-    assert best_row(rows, "max").trial_id == "c"
-    assert best_row(rows, "min").trial_id == "a"
-    lines = format_trials_table(rows, "val_miou").splitlines()
-    assert [line.split()[0] for line in lines[2:]] == ["c", "a", "b"]
-    assert lines[0].split() == [
-        "trial",
-        "scales",
-        "lr",
-        "gla",
-        "epochs",
-        "best",
-        "val_miou",
-        "status",
-    ]
+    header, _, best, _ = format_trials_table(rows, "val_miou").splitlines()
+    assert {"weight_decay", "seed"} <= set(header.split())
+    assert best.split()[:4] == ["b", "0.0100", "0.0005", "1"]
+
+
+def test_a_num_samples_override_below_one_is_refused_before_ray_or_mlflow_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def ray_must_not_start(**_: object) -> None:
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr("pipeline.tune.search.init_local_ray", ray_must_not_start)
+    config = tiny_search_config(tmp_path, [0.01])
+    with pytest.raises(ConfigError, match=r"tune\.num_samples must be at least 1, got 0"):
+        run_search(config, "no-samples", num_samples=0)
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 # ------------------------------------------------------------------------------------------
@@ -277,8 +302,8 @@ def test_a_grid_search_logs_every_trial_stops_the_useless_one_and_records_the_be
 
     parent = client.get_run(outcome.parent_run_id)
     assert outcome.best is not None and outcome.best.parameters["lr"] != USELESS_LR
-    assert parent.data.tags["apcnet.best_trial"] == outcome.best.trial_id
-    assert parent.data.tags["best.lr"] == str(outcome.best.parameters["lr"])
+    assert parent.data.tags[BEST_TRIAL_TAG] == outcome.best.trial_id
+    assert parent.data.tags[f"{BEST_PARAMETER_TAG_PREFIX}lr"] == str(outcome.best.parameters["lr"])
     assert parent.data.metrics["best_train_loss"] == pytest.approx(outcome.best.best_metric)
     artifacts = {item.path for item in client.list_artifacts(outcome.parent_run_id)}
     assert {"trials.csv", "trials.txt", "best_config.yaml"} <= artifacts
@@ -295,9 +320,8 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
         [0.05, 0.02],
         "tune.asha.enabled=false",
         "optimization.epochs=1",
-        "tune.interrupt_after_trials=1",
     )
-    first = run_search(config, "resume-spec")
+    first = run_search(config, "resume-spec", extra_callbacks=[InterruptAfterTrials(1)])
     assert first.interrupted
     finished_first = [row for row in first.trials if row.status == COMPLETED]
     assert len(finished_first) == 1
@@ -312,9 +336,7 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
 
     runs = child_runs(second.parent_run_id, tracking_uri=config.tracking.tracking_uri)
     assert len(runs) == 2  # one child run per trial, none duplicated by the resume
-    earlier = next(
-        run for run in runs if run.data.tags["apcnet.trial_id"] == finished_first[0].trial_id
-    )
+    earlier = next(run for run in runs if run.data.tags[TRIAL_ID_TAG] == finished_first[0].trial_id)
     history = client.get_metric_history(earlier.info.run_id, "val_miou")
     assert [m.step for m in history] == [1]
     assert all(m.timestamp < resumed_at_ms for m in history)  # not trained again

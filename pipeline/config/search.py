@@ -70,8 +70,6 @@ class TuneSection:
         TorchTrainer; its workers reserve `scaling.resources_per_worker` each.
     storage_path: Tune's experiment folders `<storage_path>/<search name>/`; None means
         `<home>/tune`.
-    interrupt_after_trials: test hook only: the search driver interrupts itself (like Ctrl-C)
-        once this many trials of the search have finished, to test resuming.
     """
 
     search: Literal["grid", "random", "optuna"] = "random"
@@ -83,7 +81,6 @@ class TuneSection:
     asha: AshaSection = field(default_factory=AshaSection)
     space: SearchSpaceSection = field(default_factory=SearchSpaceSection)
     storage_path: str | None = None
-    interrupt_after_trials: int | None = None
 
 
 def validate_tune_section(tune: TuneSection) -> None:

@@ -35,10 +35,15 @@ from pipeline.evaluate.model import (
 )
 from pipeline.evaluate.pictures import SamplePanel, confusion_figure, sample_grid
 from pipeline.evaluate.testtime import TestTimeOptions, predict_label_map
-
-TRAINING_RUN_NAME_TAG = "apcnet.training_run_name"
-TRAINING_RUN_ID_TAG = "apcnet.training_run_id"
-KIND_TAG = "apcnet.kind"
+from pipeline.tracking.tables import text_table
+from pipeline.tracking.tags import (
+    KIND_EVALUATION,
+    KIND_TAG,
+    SPLIT_TAG,
+    TEST_TIME_MODE_TAG,
+    TRAINING_RUN_ID_TAG,
+    TRAINING_RUN_NAME_TAG,
+)
 
 
 @dataclass(frozen=True)
@@ -171,16 +176,11 @@ TABLE_COLUMNS = ("class", "IoU %", "accuracy %", "labelled pixels")
 
 def format_table(class_names: tuple[str, ...], counts: SplitCounts, scores) -> str:
     """The per-class table plus the headline scores, as printed by the job."""
-    rows = per_class_rows(class_names, counts, scores)
-    width = max(len("class"), *(len(name) for name in class_names))
-    lines = [f"{'class':<{width}}  {'IoU %':>7}  {'acc %':>7}  {'labelled px':>12}"]
-    for name, iou, accuracy, pixels in rows:
-        lines.append(f"{name:<{width}}  {iou:>7.2f}  {accuracy:>7.2f}  {pixels:>12d}")
-    lines.append(
-        f"mIoU {100 * scores.miou:.2f} %, pixel accuracy {100 * scores.pixel_accuracy:.2f} %, "
-        f"{counts.num_images} images"
+    table = text_table(TABLE_COLUMNS, per_class_rows(class_names, counts, scores), digits=2)
+    return (
+        f"{table}\nmIoU {100 * scores.miou:.2f} %, pixel accuracy "
+        f"{100 * scores.pixel_accuracy:.2f} %, {counts.num_images} images"
     )
-    return "\n".join(lines)
 
 
 def evaluate(request: EvaluationRequest) -> EvaluationReport:
@@ -260,7 +260,11 @@ def _open_tracker(request: EvaluationRequest, inference: InferenceModel, manifes
     training_run = (
         find_run(training_name, tracking_uri=uri, experiment=experiment) if training_name else None
     )
-    tags = {KIND_TAG: "evaluation", "split": request.split, "mode": request.options.mode}
+    tags = {
+        KIND_TAG: KIND_EVALUATION,
+        SPLIT_TAG: request.split,
+        TEST_TIME_MODE_TAG: request.options.mode,
+    }
     if training_name:
         tags[TRAINING_RUN_NAME_TAG] = training_name
     if training_run is not None:

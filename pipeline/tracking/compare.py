@@ -14,9 +14,14 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Run
 
-from pipeline.tracking.runs import PARENT_RUN_TAG, RUN_NAME_TAG, find_run, resolve_tracking
+from pipeline.errors import UserError
+from pipeline.storage import local_temporary_sibling, publish_local_file
+from pipeline.tracking.lookup import children_query, search_runs
+from pipeline.tracking.retry import call_with_retry, tracking_client
+from pipeline.tracking.runs import find_run, resolve_tracking
+from pipeline.tracking.tables import text_table
+from pipeline.tracking.tags import RUN_NAME_TAG, TRIAL_STATUS_TAG
 
-TRIAL_STATUS_TAG = "apcnet.trial_status"
 _RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 # Parameters worth a column: the knobs a search varies.
 SUMMARY_PARAMETERS = (
@@ -24,6 +29,10 @@ SUMMARY_PARAMETERS = (
     ("gla", "model.gla"),
     ("lr", "optimization.lr"),
 )
+
+
+class RunNotFoundError(UserError, LookupError):
+    """The run or experiment to compare does not exist in the tracking store."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ def resolve_parent_run_id(
     run = find_run(parent, tracking_uri=tracking_uri, experiment=experiment)
     if run is None:
         uri, name = resolve_tracking(tracking_uri, experiment)
-        raise LookupError(
+        raise RunNotFoundError(
             f"no MLflow run named {parent!r} in experiment {name!r} at {uri}; pass a run id "
             "or the name of a search (jobs/tune.py --name), and check --experiment"
         )
@@ -74,21 +83,21 @@ def collect_runs(
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     uri, experiment_name = resolve_tracking(tracking_uri, experiment)
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = tracking_client(uri)
     if parent_run_id is not None:
-        experiment_id = client.get_run(parent_run_id).info.experiment_id
-        query = f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'"
+        parent = call_with_retry(lambda: client.get_run(parent_run_id), uri)
+        experiment_id, query = parent.info.experiment_id, children_query(parent_run_id)
     else:
-        found = client.get_experiment_by_name(experiment_name)
+        found = call_with_retry(lambda: client.get_experiment_by_name(experiment_name), uri)
         if found is None:
-            raise LookupError(
+            raise RunNotFoundError(
                 f"no MLflow experiment {experiment_name!r} at {uri}; pass --experiment with an "
                 "existing name or set MLFLOW_TRACKING_URI to the store that holds it"
             )
         experiment_id, query = found.experiment_id, ""
-    runs = _search_all(client, experiment_id, query)
+    runs = search_runs(client, uri, experiment_id, query)
     summaries = [
-        _summarise(client, run, metric, mode) for run in runs if metric in run.data.metrics
+        _summarise(client, uri, run, metric, mode) for run in runs if metric in run.data.metrics
     ]
     return sort_runs(summaries, mode)
 
@@ -108,20 +117,18 @@ def format_runs_table(summaries: list[RunSummary], metric: str) -> str:
     """A plain-text table: rank, name, the searched parameters, best metric, epochs, status."""
     columns = ["#", "run", *(label for label, _ in SUMMARY_PARAMETERS)]
     columns += [f"best {metric}", "epochs", "status"]
-    rows = []
-    for rank, summary in enumerate(summaries, start=1):
-        status = summary.trial_status or summary.status
-        rows.append(
-            [
-                str(rank),
-                summary.name,
-                *(_short(summary.parameters.get(label, "")) for label, _ in SUMMARY_PARAMETERS),
-                f"{summary.best:.4f}",
-                str(summary.epochs),
-                status,
-            ]
-        )
-    return render_table(columns, rows)
+    rows = [
+        [
+            rank,
+            summary.name,
+            *(_short(summary.parameters.get(label, "")) for label, _ in SUMMARY_PARAMETERS),
+            summary.best,
+            summary.epochs,
+            summary.trial_status or summary.status,
+        ]
+        for rank, summary in enumerate(summaries, start=1)
+    ]
+    return text_table(columns, rows)
 
 
 def _short(value: str) -> str:
@@ -131,16 +138,6 @@ def _short(value: str) -> str:
     except ValueError:
         return value
     return value if number.is_integer() or "." not in value else f"{number:.3g}"
-
-
-def render_table(columns: list[str], rows: list[list[str]]) -> str:
-    """Columns padded to their widest cell, a dashed rule under the header."""
-    widths = [max(len(cell) for cell in column) for column in zip(columns, *rows, strict=True)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(columns, widths, strict=True))]
-    lines.append("  ".join("-" * width for width in widths))
-    for row in rows:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def plot_curves(summaries: list[RunSummary], metric: str, path: str | Path) -> Path:
@@ -165,15 +162,22 @@ def plot_curves(summaries: list[RunSummary], metric: str, path: str | Path) -> P
         axes.legend(fontsize="small")
     figure.tight_layout()
     # Write beside the target and rename, so a crash never leaves a truncated PNG.
-    partial = output.with_name(output.name + ".partial")
-    figure.savefig(partial, format="png", dpi=100)
-    pyplot.close(figure)
-    partial.replace(output)
+    partial = local_temporary_sibling(output)
+    try:
+        figure.savefig(partial, format="png", dpi=100)
+        publish_local_file(partial, output)
+    finally:
+        pyplot.close(figure)
+        partial.unlink(missing_ok=True)
     return output
 
 
-def _summarise(client: mlflow.MlflowClient, run: Run, metric: str, mode: str) -> RunSummary:
-    history = client.get_metric_history(run.info.run_id, metric)
+def _summarise(
+    client: mlflow.MlflowClient, tracking_uri: str, run: Run, metric: str, mode: str
+) -> RunSummary:
+    history = call_with_retry(
+        lambda: client.get_metric_history(run.info.run_id, metric), tracking_uri
+    )
     latest_per_step: dict[int, float] = {}
     for entry in sorted(history, key=lambda entry: entry.timestamp):
         latest_per_step[entry.step] = entry.value
@@ -192,14 +196,3 @@ def _summarise(client: mlflow.MlflowClient, run: Run, metric: str, mode: str) ->
         epochs=curve[-1][0] if curve else 0,
         curve=curve,
     )
-
-
-def _search_all(client: mlflow.MlflowClient, experiment_id: str, query: str) -> list[Run]:
-    runs: list[Run] = []
-    page_token = None
-    while True:
-        page = client.search_runs([experiment_id], query, page_token=page_token)
-        runs.extend(page)
-        page_token = page.token
-        if not page_token:
-            return runs

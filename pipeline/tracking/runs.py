@@ -8,18 +8,12 @@ Identity: a run is found by the tag `apcnet.run_name`. Resubmitting the same nam
 same MLflow run, and `RunTracker.log_metrics` skips (key, step) pairs that are already there,
 so an epoch that is replayed after a restart is never logged twice.
 
-Retries: over HTTP, MLflow's client already retries connection failures and 408/429/5xx
-answers with exponential backoff (`MLFLOW_HTTP_REQUEST_MAX_RETRIES`, default 7, and
-`MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`). On top of that, calls here retry a few times when a
-SQLite store reports "database is locked" (several writers) or the server says it is
-temporarily unavailable.
+Retries: every call goes through `pipeline.tracking.retry` (transient errors retried for at
+most 30 s, then `TrackingUnavailableError` naming the tracking URI).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 import os
 import re
 import time
@@ -31,14 +25,15 @@ import mlflow
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
+from pipeline.errors import UserError
 from pipeline.storage import apcnet_home
+from pipeline.tracking.lookup import children_query, run_name_query, search_runs
 from pipeline.tracking.provenance import git_commit
+from pipeline.tracking.retry import call_with_retry, tracking_client
+from pipeline.tracking.tables import table_for_file
+from pipeline.tracking.tags import DESCRIPTION_TAG, GIT_COMMIT_TAG, PARENT_RUN_TAG, RUN_NAME_TAG
 
 DEFAULT_EXPERIMENT = "apcnet"
-RUN_NAME_TAG = "apcnet.run_name"
-PARENT_RUN_TAG = "mlflow.parentRunId"
-DESCRIPTION_TAG = "mlflow.note.content"
-GIT_COMMIT_TAG = "mlflow.source.git.commit"
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 # MLflow's own limits (mlflow.utils.validation), repeated so batches are cut before it refuses.
@@ -46,14 +41,12 @@ MAX_PARAM_VALUE_LENGTH = 6000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 
-_RETRY_DELAYS_S = (0.5, 1.0, 2.0)
-_TRANSIENT_ERROR_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
 _INVALID_NAME_CHARACTERS = re.compile(r"[^/\w.\- :]+")
 
 T = TypeVar("T")
 
 
-class ParamConflictError(ValueError):
+class ParamConflictError(UserError, ValueError):
     """A resumed run was asked to log a parameter with a value different from the logged one."""
 
 
@@ -87,19 +80,18 @@ def find_run(
     run_name: str, *, tracking_uri: str | None = None, experiment: str | None = None
 ) -> Run | None:
     """The oldest active run tagged `apcnet.run_name = run_name`, or None if there is none."""
-    client, experiment_id = _client_and_experiment(tracking_uri, experiment, create=False)
+    uri, client, experiment_id = _client_and_experiment(tracking_uri, experiment, create=False)
     if experiment_id is None:
         return None
-    return _find_run(client, experiment_id, run_name)
+    return _find_run(client, uri, experiment_id, run_name)
 
 
 def child_runs(parent_run_id: str, *, tracking_uri: str | None = None) -> list[Run]:
     """Runs nested under `parent_run_id` (e.g. one per Tune trial), oldest first."""
     uri, _ = resolve_tracking(tracking_uri, None)
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    parent = _retrying(lambda: client.get_run(parent_run_id))
-    query = f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'"
-    return _search_all(client, parent.info.experiment_id, query)
+    client = tracking_client(uri)
+    parent = call_with_retry(lambda: client.get_run(parent_run_id), uri)
+    return search_runs(client, uri, parent.info.experiment_id, children_query(parent_run_id))
 
 
 class RunTracker:
@@ -109,8 +101,11 @@ class RunTracker:
     FINISHED, or FAILED (KILLED on Ctrl-C) when the block raises.
     """
 
-    def __init__(self, client: mlflow.MlflowClient, run: Run, resumed: bool) -> None:
+    def __init__(
+        self, client: mlflow.MlflowClient, tracking_uri: str, run: Run, resumed: bool
+    ) -> None:
         self._client = client
+        self._tracking_uri = tracking_uri
         self._run_id = run.info.run_id
         self._experiment_id = run.info.experiment_id
         self._resumed = resumed
@@ -138,9 +133,9 @@ class RunTracker:
         tracking_uri / experiment of None are resolved by `resolve_tracking`.
         """
         _check_run_name(run_name)
-        client, experiment_id = _client_and_experiment(tracking_uri, experiment, create=True)
+        uri, client, experiment_id = _client_and_experiment(tracking_uri, experiment, create=True)
         assert experiment_id is not None  # create=True always yields an experiment
-        run = _find_run(client, experiment_id, run_name)
+        run = _find_run(client, uri, experiment_id, run_name)
         resumed = run is not None
         all_tags = dict(tags or {})
         if GIT_COMMIT_TAG not in all_tags:
@@ -154,12 +149,13 @@ class RunTracker:
             creation_tags = {RUN_NAME_TAG: run_name}
             if parent_run_id is not None:
                 creation_tags[PARENT_RUN_TAG] = parent_run_id
-            run = _retrying(
-                lambda: client.create_run(experiment_id, tags=creation_tags, run_name=run_name)
+            run = call_with_retry(
+                lambda: client.create_run(experiment_id, tags=creation_tags, run_name=run_name),
+                uri,
             )
         elif run.info.status != "RUNNING":
-            _retrying(lambda: client.update_run(run.info.run_id, status="RUNNING"))
-        tracker = cls(client, run, resumed)
+            call_with_retry(lambda: client.update_run(run.info.run_id, status="RUNNING"), uri)
+        tracker = cls(client, uri, run, resumed)
         tracker.set_tags(all_tags)
         return tracker
 
@@ -203,7 +199,7 @@ class RunTracker:
             )
         params = [Param(key, value) for key, value in new_params.items()]
         for batch in _chunks(params, MAX_PARAMS_TAGS_PER_BATCH):
-            _retrying(lambda batch=batch: self._client.log_batch(self._run_id, params=batch))
+            self._call(lambda batch=batch: self._client.log_batch(self._run_id, params=batch))
         self._params.update(new_params)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> int:
@@ -223,13 +219,13 @@ class RunTracker:
             to_log.append(Metric(key, float(raw_value), timestamp, int(step)))
             logged.add(step)
         for batch in _chunks(to_log, MAX_METRICS_PER_BATCH):
-            _retrying(lambda batch=batch: self._client.log_batch(self._run_id, metrics=batch))
+            self._call(lambda batch=batch: self._client.log_batch(self._run_id, metrics=batch))
         return len(to_log)
 
     def set_tags(self, tags: Mapping[str, object]) -> None:
         run_tags = [RunTag(str(key), str(value)) for key, value in tags.items()]
         for batch in _chunks(run_tags, MAX_PARAMS_TAGS_PER_BATCH):
-            _retrying(lambda batch=batch: self._client.log_batch(self._run_id, tags=batch))
+            self._call(lambda batch=batch: self._client.log_batch(self._run_id, tags=batch))
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file, or a folder's contents, under `artifact_path` of the run."""
@@ -237,40 +233,30 @@ class RunTracker:
         if not path.exists():
             raise FileNotFoundError(f"cannot log artifact {path}: no such file or folder")
         if path.is_dir():
-            _retrying(lambda: self._client.log_artifacts(self._run_id, str(path), artifact_path))
+            self._call(lambda: self._client.log_artifacts(self._run_id, str(path), artifact_path))
         else:
-            _retrying(lambda: self._client.log_artifact(self._run_id, str(path), artifact_path))
+            self._call(lambda: self._client.log_artifact(self._run_id, str(path), artifact_path))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        _retrying(lambda: self._client.log_text(self._run_id, text, artifact_file))
+        self._call(lambda: self._client.log_text(self._run_id, text, artifact_file))
 
     def log_dict(self, dictionary: Mapping[str, Any], artifact_file: str) -> None:
         """Save a dict as JSON (or YAML when `artifact_file` ends in .yaml/.yml)."""
-        _retrying(lambda: self._client.log_dict(self._run_id, dict(dictionary), artifact_file))
+        self._call(lambda: self._client.log_dict(self._run_id, dict(dictionary), artifact_file))
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         """Save a matplotlib figure as an image artifact (format from the file's suffix)."""
-        _retrying(lambda: self._client.log_figure(self._run_id, figure, artifact_file))
+        self._call(lambda: self._client.log_figure(self._run_id, figure, artifact_file))
 
     def log_table(
         self, rows: Sequence[Sequence[object]], columns: Sequence[str], artifact_file: str
     ) -> None:
-        """Save a table (e.g. per-class IoU) as CSV (`.csv`) or a markdown table (`.md`)."""
-        for index, row in enumerate(rows):
-            if len(row) != len(columns):
-                raise ValueError(
-                    f"log_table({artifact_file!r}): row {index} has {len(row)} cells but there "
-                    f"are {len(columns)} columns {list(columns)}"
-                )
-        suffix = Path(artifact_file).suffix.lower()
-        if suffix == ".csv":
-            text = _csv_table(rows, columns)
-        elif suffix == ".md":
-            text = _markdown_table(rows, columns)
-        else:
-            raise ValueError(
-                f"log_table({artifact_file!r}): the artifact file must end in .csv or .md"
-            )
+        """Save a table (e.g. per-class IoU) as CSV (`.csv`), markdown (`.md`) or console text
+        (`.txt`), rendered by `pipeline.tracking.tables`."""
+        try:
+            text = table_for_file(columns, rows, artifact_file)
+        except ValueError as error:
+            raise ValueError(f"log_table({artifact_file!r}): {error}") from error
         self.log_text(text, artifact_file)
 
     def set_terminated(self, status: str = "FINISHED", *, only_if_running: bool = False) -> None:
@@ -282,10 +268,10 @@ class RunTracker:
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"status must be one of {TERMINAL_STATUSES}, got {status!r}")
         if only_if_running:
-            current = _retrying(lambda: self._client.get_run(self._run_id)).info.status
+            current = self._call(lambda: self._client.get_run(self._run_id)).info.status
             if current != "RUNNING":
                 return
-        _retrying(lambda: self._client.set_terminated(self._run_id, status=status))
+        self._call(lambda: self._client.set_terminated(self._run_id, status=status))
 
     def __enter__(self) -> RunTracker:
         return self
@@ -298,11 +284,14 @@ class RunTracker:
         else:
             self.set_terminated("FAILED")
 
+    def _call(self, call: Callable[[], T]) -> T:
+        return call_with_retry(call, self._tracking_uri)
+
     def _steps_logged_for(self, key: str) -> set[int]:
         if key not in self._logged_steps:
             steps: set[int] = set()
             if key in self._metric_keys_at_open:
-                history = _retrying(lambda: self._client.get_metric_history(self._run_id, key))
+                history = self._call(lambda: self._client.get_metric_history(self._run_id, key))
                 steps = {metric.step for metric in history}
             self._logged_steps[key] = steps
         return self._logged_steps[key]
@@ -310,14 +299,14 @@ class RunTracker:
 
 def _client_and_experiment(
     tracking_uri: str | None, experiment: str | None, *, create: bool
-) -> tuple[mlflow.MlflowClient, str | None]:
-    """A client for the resolved store and the experiment's id (None if absent, create=False)."""
+) -> tuple[str, mlflow.MlflowClient, str | None]:
+    """The resolved URI, a client for it and the experiment's id (None if absent, create=False)."""
     uri, name = resolve_tracking(tracking_uri, experiment)
     database = _sqlite_path(uri)
     if database is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    found = _retrying(lambda: client.get_experiment_by_name(name))
+    client = tracking_client(uri)
+    found = call_with_retry(lambda: client.get_experiment_by_name(name), uri)
     if found is not None:
         if found.lifecycle_stage == "deleted":
             raise ValueError(
@@ -325,45 +314,28 @@ def _client_and_experiment(
                 f"(`mlflow experiments restore --experiment-id {found.experiment_id}`) or "
                 "choose another experiment name (tracking.experiment / MLFLOW_EXPERIMENT_NAME)"
             )
-        return client, found.experiment_id
+        return uri, client, found.experiment_id
     if not create:
-        return client, None
+        return uri, client, None
     # A local SQLite store gets artifacts beside the database; a server chooses its own.
     location = None
     if database is not None:
         location = (database.parent / "mlartifacts" / sanitize_key(name)).as_uri()
     try:
-        return client, _retrying(lambda: client.create_experiment(name, location))
+        return uri, client, call_with_retry(lambda: client.create_experiment(name, location), uri)
     except MlflowException as error:
         # Another worker created it between our lookup and our create.
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-        return client, client.get_experiment_by_name(name).experiment_id
+        found = call_with_retry(lambda: client.get_experiment_by_name(name), uri)
+        return uri, client, found.experiment_id
 
 
-def _find_run(client: mlflow.MlflowClient, experiment_id: str, run_name: str) -> Run | None:
-    query = f"tags.`{RUN_NAME_TAG}` = '{run_name}'"
-    runs = _retrying(
-        lambda: client.search_runs(
-            [experiment_id], query, max_results=1, order_by=["attributes.start_time ASC"]
-        )
-    )
+def _find_run(
+    client: mlflow.MlflowClient, tracking_uri: str, experiment_id: str, run_name: str
+) -> Run | None:
+    runs = search_runs(client, tracking_uri, experiment_id, run_name_query(run_name), max_results=1)
     return runs[0] if runs else None
-
-
-def _search_all(client: mlflow.MlflowClient, experiment_id: str, query: str) -> list[Run]:
-    runs: list[Run] = []
-    page_token = None
-    while True:
-        page = _retrying(
-            lambda token=page_token: client.search_runs(
-                [experiment_id], query, order_by=["attributes.start_time ASC"], page_token=token
-            )
-        )
-        runs.extend(page)
-        page_token = page.token
-        if not page_token:
-            return runs
 
 
 def _check_run_name(run_name: str) -> None:
@@ -373,22 +345,6 @@ def _check_run_name(run_name: str) -> None:
             f"run name {run_name!r} is empty or contains a quote or backslash; "
             "choose a name of letters, digits, '-', '_' and '.'"
         )
-
-
-def _retrying(call: Callable[[], T]) -> T:
-    """Run `call`, retrying a few times on errors that a moment's wait may clear."""
-    for delay in _RETRY_DELAYS_S:
-        try:
-            return call()
-        except MlflowException as error:
-            if not _is_transient(error):
-                raise
-            time.sleep(delay)
-    return call()
-
-
-def _is_transient(error: MlflowException) -> bool:
-    return error.error_code in _TRANSIENT_ERROR_CODES or "database is locked" in str(error)
 
 
 def _absolute_sqlite_uri(uri: str) -> str:
@@ -408,26 +364,3 @@ def _sqlite_path(uri: str) -> Path | None:
 def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _format_cell(value: object) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4f}"
-    return str(value)
-
-
-def _csv_table(rows: Sequence[Sequence[object]], columns: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def _markdown_table(rows: Sequence[Sequence[object]], columns: Sequence[str]) -> str:
-    def line(cells: Iterable[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-    header = [line(columns), line("---" for _ in columns)]
-    body = [line(_format_cell(value) for value in row) for row in rows]
-    return "\n".join(header + body) + "\n"

@@ -30,6 +30,12 @@ from pipeline.config.schema import (
 from pipeline.data.builtin import TrainingData, load_training_data
 from pipeline.data.majority_baseline import class_pixel_counts, majority_class_miou
 from pipeline.data.shards import Manifest, manifest_digest
+from pipeline.tracking.tags import (
+    DATA_MANIFEST_TAG,
+    GIT_COMMIT_TAG,
+    MANIFEST_HASH_TAG,
+    RUN_OUTCOME_TAG,
+)
 from pipeline.train.hooks import TrainingHook, hooks_from_environment
 from pipeline.train.run_folder import (
     SCORE_METRIC,
@@ -50,9 +56,6 @@ from pipeline.train.worker import (
     LoopSettings,
     train_loop_per_worker,
 )
-
-RUN_NAME_TAG = "apcnet.run_name"
-MANIFEST_HASH_TAG = "apcnet.data_manifest_sha256"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -180,7 +183,7 @@ def fit_run(
     returned = result.return_value or {}
     if returned.get("status") == NONFINITE_STATUS:
         if tracker is not None:
-            tracker.set_tags({"apcnet.status": NONFINITE_STATUS})
+            tracker.set_tags({RUN_OUTCOME_TAG: NONFINITE_STATUS})
             tracker.set_terminated("FAILED")
         latest = _try(latest_checkpoint, run_name, storage)
         raise NonFiniteLossError(
@@ -248,7 +251,7 @@ def _loop_settings(
         total_iterations = total_epochs * iterations_per_epoch
     augmentation = config.data.augmentation
     tracking_uri, experiment = _tracking_target(config)
-    from pipeline.tracking.runs import GIT_COMMIT_TAG, git_commit
+    from pipeline.tracking.provenance import git_commit
 
     return LoopSettings(
         config=config,
@@ -295,9 +298,8 @@ def _open_driver_tracker(
         experiment=settings.experiment_name,
         tags={
             **settings.tracking_tags,
-            RUN_NAME_TAG: run_name,
             MANIFEST_HASH_TAG: manifest_digest(settings.description.manifest_path),
-            "apcnet.data_manifest": settings.description.manifest_path,
+            DATA_MANIFEST_TAG: settings.description.manifest_path,
         },
         parent_run_id=parent_run_id,
     )

@@ -17,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import signal
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,6 @@ from typing import Any
 import ray
 from ray import tune
 from ray.tune import Callback
-from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -35,12 +34,12 @@ from ray.tune.search.optuna import OptunaSearch
 from pipeline.config.schema import ExperimentConfig, config_to_dict, flatten_config
 from pipeline.config.search import LogUniform, TuneSection, validate_tune_section
 from pipeline.config.typed import ConfigError
+from pipeline.data.builtin import TrainingData, load_training_data
 from pipeline.storage import apcnet_home
 from pipeline.tracking.runs import RunTracker, resolve_tracking
+from pipeline.tracking.tags import KIND_SEARCH, KIND_TAG, KIND_TRIAL, TRIAL_ID_TAG
 from pipeline.tune.space import apply_trial_parameters, searched_values
 from pipeline.tune.trials import (
-    SEARCH_KIND_TAG,
-    TRIAL_ID_TAG,
     UNFINISHED,
     TrackingTarget,
     TrialRow,
@@ -80,11 +79,15 @@ class SearchOutcome:
 
 @dataclass(frozen=True)
 class TrialContext:
-    """What every trial needs besides its sampled parameters (picklable)."""
+    """What every trial needs besides its sampled parameters (picklable).
+
+    `data` is the data set, loaded and hashed once for the whole search (trials search no
+    field that changes it)."""
 
     search_name: str
     target: TrackingTarget
     parent_run_id: str
+    data: TrainingData
 
 
 def tune_section_of(config: ExperimentConfig) -> TuneSection:
@@ -165,19 +168,36 @@ def validate_search_config(config: ExperimentConfig) -> None:
         apply_trial_parameters(config, parameters)
 
 
+def with_num_samples(config: ExperimentConfig, num_samples: int | None) -> ExperimentConfig:
+    """`config` with `tune.num_samples` replaced (the `--num-samples` option), if given."""
+    if num_samples is None:
+        return config
+    tune_section = dataclasses.replace(tune_section_of(config), num_samples=num_samples)
+    return dataclasses.replace(config, tune=tune_section)
+
+
 def run_search(
-    config: ExperimentConfig, name: str, *, num_samples: int | None = None
+    config: ExperimentConfig,
+    name: str,
+    *,
+    num_samples: int | None = None,
+    extra_callbacks: Sequence[Callback] = (),
 ) -> SearchOutcome:
     """Run (or resume) the search `name` described by `config.tune`; returns its outcome.
+
+    num_samples: overrides `tune.num_samples`; the config is validated as overridden, before
+    MLflow or Ray is touched (ConfigError).
+    extra_callbacks: Tune callbacks run on the driver besides the project's own (tests install
+    fault injection this way). Tune stores callbacks with the experiment's state: a resumed
+    search keeps the ones it started with and ignores these.
 
     Needs Ray (`ray.init()` is called when no instance is running). Prints Tune's progress;
     the trials table is in the outcome and on the parent MLflow run.
     """
     started = time.perf_counter()
-    tune_section = tune_section_of(config)
-    if num_samples is not None:
-        tune_section = dataclasses.replace(tune_section, num_samples=num_samples)
+    config = with_num_samples(config, num_samples)
     validate_search_config(config)
+    tune_section = tune_section_of(config)
     planned_epochs = int(config.optimization.epochs or 0)
     tracking_uri, experiment = resolve_tracking(
         config.tracking.tracking_uri, config.tracking.experiment_name
@@ -197,12 +217,12 @@ def run_search(
         name,
         tracking_uri=tracking_uri,
         experiment=experiment,
-        tags={SEARCH_KIND_TAG: "search"},
+        tags={KIND_TAG: KIND_SEARCH},
         description=f"Ray Tune search {name}: {tune_section.search}, ASHA "
         f"{'on' if tune_section.asha.enabled else 'off'}",
     )
     parent.log_params({f"tune.{k}": v for k, v in flatten_config(tune_section).items()})
-    context = TrialContext(name, target, parent.run_id)
+    context = TrialContext(name, target, parent.run_id, load_training_data(config.data))
     trainable = _trainable(config, context, tune_section)
 
     if not ray.is_initialized():
@@ -225,9 +245,10 @@ def run_search(
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=str(storage_path),
-                callbacks=_driver_callbacks(
-                    name, target, parent.run_id, planned_epochs, tune_section
-                ),
+                callbacks=[
+                    TrialStatusCallback(name, target, parent.run_id, planned_epochs),
+                    *extra_callbacks,
+                ],
                 verbose=1,
             ),
         )
@@ -307,48 +328,16 @@ def run_trial(
         tracking_uri=context.target.tracking_uri,
         experiment=context.target.experiment,
         parent_run_id=context.parent_run_id,
-        tags={TRIAL_ID_TAG: trial_id, SEARCH_KIND_TAG: "trial"},
+        tags={TRIAL_ID_TAG: trial_id, KIND_TAG: KIND_TRIAL},
     )
     tracker.log_params({f"trial.{key}": value for key, value in parameters.items()})
     fit_run(
         config,
         run_name,
+        data=context.data,
         extra_callbacks=(TuneReportCallback(),),
         mlflow_parent_run_id=context.parent_run_id,
     )
-
-
-class InterruptAfterTrials(Callback):
-    """Test hook: interrupts the search like Ctrl-C once `count` trials of it have ended.
-
-    Counts over the whole experiment (restored trials included) and fires only on the
-    `count`-th, so the pickled copy a resumed search carries never fires again.
-    """
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
-        ended = 1 + sum(
-            other.status in (Trial.TERMINATED, Trial.ERROR)
-            for other in trials
-            if other is not trial
-        )
-        if ended == self.count:
-            os.kill(os.getpid(), signal.SIGINT)  # Tune saves its state and stops cleanly
-
-
-def _driver_callbacks(
-    name: str,
-    target: TrackingTarget,
-    parent_run_id: str,
-    planned_epochs: int,
-    tune_section: TuneSection,
-) -> list[Callback]:
-    callbacks: list[Callback] = [TrialStatusCallback(name, target, parent_run_id, planned_epochs)]
-    if tune_section.interrupt_after_trials is not None:
-        callbacks.append(InterruptAfterTrials(tune_section.interrupt_after_trials))
-    return callbacks
 
 
 def _trainable(config: ExperimentConfig, context: TrialContext, tune_section: TuneSection) -> Any:

@@ -16,17 +16,18 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from pipeline.tracking.compare import TRIAL_STATUS_TAG, render_table
 from pipeline.tracking.runs import RunTracker
-from pipeline.tune.space import (
-    GLOBAL_GUIDANCE,
-    LEARNING_RATE,
-    POOL_SCALES,
-    describe_parameters,
+from pipeline.tracking.tables import text_table
+from pipeline.tracking.tags import (
+    BEST_PARAMETER_TAG_PREFIX,
+    BEST_PARAMETERS_TAG,
+    BEST_RUN_NAME_TAG,
+    BEST_TRIAL_TAG,
+    EPOCHS_RUN_TAG,
+    TRIAL_STATUS_TAG,
 )
+from pipeline.tune.space import PARAMETER_FIELDS, describe_parameters
 
-SEARCH_KIND_TAG = "apcnet.kind"
-TRIAL_ID_TAG = "apcnet.trial_id"
 COMPLETED = "completed"
 STOPPED_EARLY = "stopped_early"
 ERRORED = "error"
@@ -112,9 +113,7 @@ class TrialStatusCallback(Callback):
             experiment=self.target.experiment,
             parent_run_id=self.parent_run_id,
         )
-        tracker.set_tags(
-            {TRIAL_STATUS_TAG: status, "apcnet.epochs_run": epochs_of(trial.last_result)}
-        )
+        tracker.set_tags({TRIAL_STATUS_TAG: status, EPOCHS_RUN_TAG: epochs_of(trial.last_result)})
         tracker.set_terminated(RUN_STATUS[status])
 
 
@@ -127,32 +126,41 @@ def best_row(rows: list[TrialRow], mode: str) -> TrialRow | None:
     return pick(scored, key=lambda row: row.best_metric)
 
 
-TABLE_COLUMNS = ["trial", "scales", "lr", "gla", "epochs", "best", "status"]
+def trials_table(
+    rows: list[TrialRow], metric: str, mode: str = "max"
+) -> tuple[list[str], list[list[object]]]:
+    """The trials table as (columns, rows), best first (trials without a value last).
 
-
-def table_cells(row: TrialRow) -> list[str]:
-    parameters = row.parameters
-    rate = parameters.get(LEARNING_RATE)
-    return [
-        row.trial_id,
-        str(parameters.get(POOL_SCALES, "")),
-        f"{rate:.3g}" if isinstance(rate, float) else "",
-        str(parameters.get(GLOBAL_GUIDANCE, "")),
-        str(row.epochs_run),
-        "nan" if math.isnan(row.best_metric) else f"{row.best_metric:.4f}",
-        row.status,
-    ]
-
-
-def format_trials_table(rows: list[TrialRow], metric: str, mode: str = "max") -> str:
-    """The trials as printed at the end of a search, best first (trials without a value last)."""
-    columns = [*TABLE_COLUMNS[:-2], f"best {metric}", "status"]
+    Columns: trial, one per searched dimension, epochs, best_<metric>, status. Every dimension
+    any trial has gets a column, also one whose value happens to be the same in every trial:
+    it is still part of what was searched, and the columns stay the same when a resumed
+    search adds trials. Dimensions come in `PARAMETER_FIELDS` order, unknown keys after them.
+    """
+    present = {key for row in rows for key in row.parameters}
+    dimensions = [key for key in PARAMETER_FIELDS if key in present]
+    dimensions += sorted(present - set(dimensions))
+    columns = ["trial", *dimensions, "epochs", f"best_{metric}", "status"]
     sign = -1.0 if mode == "max" else 1.0
     ordered = sorted(
         rows,
         key=lambda row: (math.isnan(row.best_metric), sign * _finite_or_zero(row.best_metric)),
     )
-    return render_table(columns, [table_cells(row) for row in ordered])
+    cells = [
+        [
+            row.trial_id,
+            *(row.parameters.get(key) for key in dimensions),
+            row.epochs_run,
+            row.best_metric,
+            row.status,
+        ]
+        for row in ordered
+    ]
+    return columns, cells
+
+
+def format_trials_table(rows: list[TrialRow], metric: str, mode: str = "max") -> str:
+    """The trials table as printed at the end of a search (see `trials_table`)."""
+    return text_table(*trials_table(rows, metric, mode))
 
 
 def record_search_result(
@@ -165,19 +173,20 @@ def record_search_result(
 ) -> TrialRow | None:
     """Store the trials table and the best trial (its parameters, config and metric) on the
     parent run. Returns the best row."""
-    columns = [*TABLE_COLUMNS[:-2], f"best_{metric}", "status"]
-    cells = [table_cells(row) for row in rows]
+    columns, cells = trials_table(rows, metric, mode)
     parent.log_table(cells, columns, "trials.csv")
-    parent.log_text(format_trials_table(rows, metric, mode) + "\n", "trials.txt")
+    parent.log_table(cells, columns, "trials.txt")
     best = best_row(rows, mode)
     if best is None:
         return None
     parent.set_tags(
         {
-            "apcnet.best_trial": best.trial_id,
-            "apcnet.best_run_name": best.run_name,
-            "apcnet.best_parameters": describe_parameters(best.parameters),
-            **{f"best.{key}": value for key, value in best.parameters.items()},
+            BEST_TRIAL_TAG: best.trial_id,
+            BEST_RUN_NAME_TAG: best.run_name,
+            BEST_PARAMETERS_TAG: describe_parameters(best.parameters),
+            **{
+                f"{BEST_PARAMETER_TAG_PREFIX}{key}": value for key, value in best.parameters.items()
+            },
         }
     )
     # Step = trials seen so far: a resumed search logs its new best without clashing.
