@@ -1,16 +1,21 @@
-"""Compare MLflow runs: `python jobs/compare.py [--experiment NAME] [--parent RUN] [--metric M]
-[--plot FILE]`.
+"""Compare MLflow runs: a table sorted by a metric, and optionally their curves.
+
+    python jobs/compare.py                                  # every run that logged val_miou
+    python jobs/compare.py --parent synthetic-search-1 --plot curves.png
+    python jobs/compare.py --tracking-uri http://127.0.0.1:5000 --metric train_loss --mode min
 
 Prints the runs that logged the metric, best first; with --parent only the trials of that
 search (a run id or a search name). --plot writes their validation curves as a PNG.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import argparse
+
+from jobs.cli import add_tracking_arguments, job_parser, run_job
 from pipeline.tracking.compare import (
     collect_runs,
     format_runs_table,
@@ -20,20 +25,14 @@ from pipeline.tracking.compare import (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--experiment", help="MLflow experiment (default: MLFLOW_EXPERIMENT_NAME or apcnet)"
-    )
+    parser = job_parser(__doc__)
+    add_tracking_arguments(parser)
     parser.add_argument("--parent", help="only the child runs of this run id or search name")
     parser.add_argument("--metric", default="val_miou", help="metric to sort by (default val_miou)")
     parser.add_argument(
         "--mode", choices=("max", "min"), default="max", help="higher or lower is better"
     )
     parser.add_argument("--plot", type=Path, help="write the metric's curves to this PNG file")
-    parser.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the local store)",
-    )
     return parser.parse_args(argv)
 
 
@@ -61,4 +60,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(main))

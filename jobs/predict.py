@@ -1,6 +1,6 @@
 """Write a palette PNG mask (and optionally a colour overlay) for every image in a folder.
 
-    python jobs/predict.py --checkpoint runs/my-run/checkpoint_000009 --input photos/ --output masks/
+    python jobs/predict.py --checkpoint runs/my-run/epoch_0009 --input photos/ --output masks/
     python jobs/predict.py --checkpoint model.pt --input data/voc/manifest.json --split val \
         --output masks/ --overlay
 """
@@ -12,22 +12,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 
-from jobs.cli_inference import add_pool_arguments, add_test_time_arguments, test_time_options
+from jobs.cli import (
+    CHECKPOINT_HELP,
+    add_pool_arguments,
+    add_split_argument,
+    add_test_time_arguments,
+    chosen_test_time_options,
+    job_parser,
+    run_job,
+)
 from pipeline.evaluate.prediction import PredictionRequest, predict
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--checkpoint", required=True, help="checkpoint file or Ray checkpoint folder"
-    )
+    parser = job_parser(__doc__)
+    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     parser.add_argument(
         "--input", required=True, help="a folder of images, or a data set folder / manifest.json"
     )
     parser.add_argument("--output", required=True, help="folder for <stem>.png masks")
-    parser.add_argument(
-        "--split", default="val", help="split to predict when --input is a data set"
-    )
+    add_split_argument(parser)
     parser.add_argument(
         "--overlay", action="store_true", help="also write colour overlays to <output>/overlay/"
     )
@@ -36,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report = predict(
         PredictionRequest(
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             input=args.input,
             output=args.output,
             split=args.split,
-            options=test_time_options(args),
+            options=chosen_test_time_options(args),
             overlay=args.overlay,
             batch_size=args.batch_size,
             actors=args.actors,
@@ -52,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     print(f"wrote {report.num_images} masks to {report.output} in {report.seconds:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_job(main))

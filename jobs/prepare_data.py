@@ -10,21 +10,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import argparse
 import os
 
+from jobs.cli import job_parser, run_job
 from pipeline.data.formats.prepare import FORMATS, PrepareOptions, prepare_dataset
-from pipeline.data.shards import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_ROWS,
-    MANIFEST_NAME,
-    DatasetError,
-    Manifest,
-)
+from pipeline.data.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, MANIFEST_NAME, Manifest
+from pipeline.tracking.tables import text_table
 
 
 def parse_args(argv: list[str] | None = None) -> PrepareOptions:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = job_parser(__doc__)
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--source", help="raw data set folder (required except for synthetic)")
     parser.add_argument("--output", required=True, help="output folder or s3:// / gs:// URI")
@@ -82,20 +77,15 @@ def parse_args(argv: list[str] | None = None) -> PrepareOptions:
 
 
 def summary_table(manifest: Manifest) -> str:
-    lines = [f"{'split':<10} {'images':>8} {'shards':>7} {'skipped':>8}"]
-    for split, info in manifest.splits.items():
-        skipped = sum(1 for s in manifest.skipped if s.split == split)
-        lines.append(f"{split:<10} {info.rows:>8} {len(info.shards):>7} {skipped:>8}")
-    return "\n".join(lines)
+    rows = [
+        [split, info.rows, len(info.shards), sum(1 for s in manifest.skipped if s.split == split)]
+        for split, info in manifest.splits.items()
+    ]
+    return text_table(["split", "images", "shards", "skipped"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parse_args(argv)
-    try:
-        manifest = prepare_dataset(options)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    manifest = prepare_dataset(parse_args(argv))
     print(summary_table(manifest))
     for skipped in manifest.skipped:
         print(f"skipped {skipped.split}/{skipped.id}: {skipped.file}: {skipped.reason}")
@@ -105,4 +95,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(main))

@@ -1,7 +1,11 @@
-"""Train APCNet with Ray Train: `python jobs/train.py [--config FILE] [--set key=value ...] [--name NAME]`.
+"""Train APCNet with Ray Train.
 
-With no arguments it trains the embedded default (configs/synthetic.yaml): the synthetic data
-set, the small resnet18 APCNet, two CPU workers, the local MLflow store. A new run is named
+    python jobs/train.py                       # the embedded default, configs/synthetic.yaml
+    python jobs/train.py --config configs/voc_r50.yaml --set data.path=data/voc --name voc-a
+    python jobs/train.py --name voc-a          # resume voc-a with the config it started with
+
+With no arguments it trains the embedded default: the synthetic data set, the small resnet18
+APCNet, two CPU workers, the local MLflow store. A new run is named
 `<config stem>-<YYYYmmdd-HHMMSS>`; naming an unfinished run resumes it, naming a finished one
 says so and exits 0. Works the same under `ray job submit --working-dir . -- python jobs/train.py`.
 """
@@ -13,25 +17,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 
-from pipeline.config.schema import ConfigError, load_config
-from pipeline.train.driver import NonFiniteLossError, TrainOutcome, train
-from pipeline.train.run_records import default_run_name, storage_root, stored_config
+from jobs.cli import add_config_arguments, job_parser, run_job
+from pipeline.config.schema import load_config
+from pipeline.train.driver import TrainOutcome, train
+from pipeline.train.run_folder import default_run_name, storage_root, stored_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "synthetic.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.name})")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, e.g. --set optimization.lr=0.02 (repeatable)",
+    parser = job_parser(__doc__)
+    add_config_arguments(
+        parser, DEFAULT_CONFIG, name_help="run name; an existing unfinished run is resumed"
     )
-    parser.add_argument("--name", help="run name; an existing unfinished run is resumed")
     return parser.parse_args(argv)
 
 
@@ -60,24 +58,16 @@ def _number(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config_path = Path(args.config) if args.config else DEFAULT_CONFIG
-    try:
-        config = load_config(config_path, args.overrides)
-        run_name = args.name or default_run_name(config_path)
-        if args.name and not args.config and not args.overrides:
-            # Naming an existing run alone resumes it with the config it was started with.
-            config = stored_config(run_name, storage_root(config)) or config
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        outcome = train(config, run_name)
-    except (ConfigError, NonFiniteLossError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print_summary(outcome)
+    config_path = args.config or DEFAULT_CONFIG
+    # The config and its overrides are checked here, before train() starts Ray.
+    config = load_config(config_path, args.overrides)
+    run_name = args.name or default_run_name(config_path)
+    if args.name and not args.config and not args.overrides:
+        # Naming an existing run alone resumes it with the config it was started with.
+        config = stored_config(run_name, storage_root(config)) or config
+    print_summary(train(config, run_name))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(main))

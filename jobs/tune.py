@@ -1,37 +1,35 @@
-"""Search pyramid scales, learning rates and more with Ray Tune:
-`python jobs/tune.py [--config FILE] [--set key=value ...] [--name NAME] [--num-samples N]`.
+"""Search pyramid scales, learning rates and more with Ray Tune.
+
+    python jobs/tune.py                        # the embedded search, configs/tune_synthetic.yaml
+    python jobs/tune.py --config configs/voc_r50.yaml --set data.path=data/voc --num-samples 16
+    python jobs/tune.py --name synthetic-search-1   # resume an interrupted search
 
 The search space is the config's `tune` section. Every trial is the training job with the
 trial's values; ASHA stops weak trials early; MLflow gets a parent run named NAME with one
 child run per trial. Running the same NAME again resumes an interrupted search.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import argparse
+
+from jobs.cli import add_config_arguments, job_parser, run_job
 from pipeline.config.schema import load_config
-from pipeline.train.run_records import default_run_name
+from pipeline.train.run_folder import default_run_name
 from pipeline.tune.search import run_search
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tune_synthetic.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set tune.num_samples=8 (repeatable)",
-    )
-    parser.add_argument(
-        "--name", help="search name; reuse it to resume (default: tune-<config>-<time>)"
+    parser = job_parser(__doc__)
+    add_config_arguments(
+        parser,
+        DEFAULT_CONFIG,
+        name_help="search name; reuse it to resume (default: tune-<config>-<time>)",
     )
     parser.add_argument("--num-samples", type=int, help="overrides tune.num_samples")
     return parser.parse_args(argv)
@@ -39,8 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config = load_config(args.config, args.overrides)
-    name = args.name or f"tune-{default_run_name(args.config)}"
+    config_path = args.config or DEFAULT_CONFIG
+    config = load_config(config_path, args.overrides)
+    name = args.name or f"tune-{default_run_name(config_path)}"
     outcome = run_search(config, name, num_samples=args.num_samples)
     print()
     print(outcome.table)
@@ -61,4 +60,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(main))

@@ -14,10 +14,10 @@ from apcnet.checkpoint import load_checkpoint
 from pipeline.config.schema import ConfigError, ExperimentConfig, config_to_yaml, load_config
 from pipeline.data import shards
 from pipeline.data.builtin import data_set_path
-from pipeline.data.shards import load_manifest
-from pipeline.evaluate.model import load_project_checkpoint
 from pipeline.data.formats import synthetic
 from pipeline.data.majority_baseline import majority_class_miou
+from pipeline.data.shards import load_manifest
+from pipeline.evaluate.model import load_project_checkpoint
 from pipeline.train.driver import TrainOutcome, train
 from pipeline.train.run_folder import (
     CONFIG_FILE,

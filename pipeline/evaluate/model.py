@@ -110,11 +110,8 @@ def load_run_checkpoint(run_name: str, storage_path: str | None = None) -> Infer
 
     try:
         folder = best_checkpoint(run_name, storage_path)
-    except Exception as error:
-        raise InferenceError(
-            f"no checkpoint found for training run {run_name!r}: {error}. Check the run name "
-            "(and --storage-path when the run was stored elsewhere)"
-        ) from error
+    except FileNotFoundError as error:  # its message names the run and the folder looked in
+        raise InferenceError(f"{error} (--storage-path names where training runs live)") from error
     loaded = load_project_checkpoint(folder)
     return replace(loaded, training_run=run_name)
 

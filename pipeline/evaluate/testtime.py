@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from apcnet.inference import predict_multiscale, predict_slide, predict_whole
+from pipeline.evaluate.model import InferenceError
 
 Mode = Literal["whole", "slide", "msflip"]
 MODES: tuple[str, ...] = ("whole", "slide", "msflip")
@@ -44,17 +45,17 @@ class TestTimeOptions:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+            raise InferenceError(f"--mode must be one of {', '.join(MODES)}; got {self.mode!r}")
         if self.mode == "slide":
             if self.crop is None or self.stride is None:
-                raise ValueError("--mode slide needs --crop H W and --stride H W")
+                raise InferenceError("--mode slide needs --crop H W and --stride H W")
             for name, pair in (("--crop", self.crop), ("--stride", self.stride)):
                 if len(pair) != 2 or min(pair) < 1:
-                    raise ValueError(f"{name} takes two positive integers H W; got {pair}")
+                    raise InferenceError(f"{name} takes two positive integers H W; got {pair}")
         if self.mode == "msflip" and (not self.ratios or min(self.ratios) <= 0):
-            raise ValueError(f"--ratios must be positive numbers; got {self.ratios}")
+            raise InferenceError(f"--ratios must be positive numbers; got {self.ratios}")
         if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 1):
-            raise ValueError(f"--resize takes two positive integers W H; got {self.resize}")
+            raise InferenceError(f"--resize takes two positive integers W H; got {self.resize}")
 
     def as_params(self) -> dict[str, str]:
         """The options that matter for `mode`, as flat strings (MLflow params)."""
