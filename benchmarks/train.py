@@ -161,7 +161,7 @@ def submit_to_first_step(args: argparse.Namespace, work: Path) -> float:
             capture_output=True,
             timeout=1800,
         )
-        history = read_progress(latest_checkpoint("submitted", work / "runs").parent).history
+        history = read_progress(latest_checkpoint("submitted", work / "runs")).history
         return history[0]["first_step_unix_s"] - submitted_at
     finally:
         _stop_cluster(temp_dir)

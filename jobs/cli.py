@@ -73,7 +73,7 @@ def _one_line_exit_code(error: Exception) -> int | None:
     # the jobs that need neither; an error of a class that was never imported was not raised.
     if _is_instance(error, "apcnet.checkpoint", "CheckpointError"):
         return USER_ERROR
-    if _is_instance(error, "pipeline.train.driver", "NonFiniteLossError"):
+    if _is_instance(error, "pipeline.train.failures", "NonFiniteLossError"):
         return TRAINING_DIVERGED
     return None
 

@@ -11,8 +11,11 @@ marker), and readers go by that file.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -42,12 +45,20 @@ class StoragePath:
     """A file or folder on some filesystem.
 
     `path` is what the filesystem understands (an absolute local path, or "bucket/key" for an
-    object store); `uri` is what a user or Ray reads (the absolute local path, or "s3://bucket/key").
+    object store); `uri` is what a user or Ray reads (the absolute local path, or
+    "s3://bucket/key", keeping a "?endpoint_override=..." query the user gave).
     """
 
     filesystem: pafs.FileSystem
     path: str
-    uri: str
+    scheme: str = ""  # "" for local paths
+    query: str = ""  # e.g. "endpoint_override=http://127.0.0.1:9000", without the "?"
+
+    @property
+    def uri(self) -> str:
+        if not self.scheme:
+            return self.path
+        return f"{self.scheme}://{self.path}" + (f"?{self.query}" if self.query else "")
 
     @property
     def is_local(self) -> bool:
@@ -57,34 +68,64 @@ class StoragePath:
     def name(self) -> str:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
 
+    def at(self, path: str) -> StoragePath:
+        """Another path on the same filesystem (as its `path`, e.g. one Ray reported)."""
+        return replace(self, path=path.rstrip("/"))
+
     def child(self, *parts: str) -> StoragePath:
         """The path below this one; `parts` use "/" separators on every filesystem."""
         suffix = "/".join(part.strip("/") for part in parts)
-        return StoragePath(
-            self.filesystem,
-            f"{self.path.rstrip('/')}/{suffix}",
-            f"{self.uri.rstrip('/')}/{suffix}",
-        )
+        return self.at(f"{self.path.rstrip('/')}/{suffix}")
 
     def parent(self) -> StoragePath:
-        return StoragePath(
-            self.filesystem,
-            self.path.rstrip("/").rsplit("/", 1)[0],
-            self.uri.rstrip("/").rsplit("/", 1)[0],
-        )
+        return self.at(self.path.rstrip("/").rsplit("/", 1)[0])
 
 
-def resolve(location: str | os.PathLike) -> StoragePath:
+def resolve(location: str | os.PathLike | StoragePath) -> StoragePath:
     """Turn a local path or an s3:// / gs:// URI into a `StoragePath`.
 
-    Local paths are made absolute, so a URI handed to Ray workers means the same file everywhere.
+    Local paths are made absolute, so a URI handed to Ray workers means the same file
+    everywhere. Object stores take their endpoint from the URI's `endpoint_override` query, or
+    else from `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` (pyarrow reads those for filesystems
+    built from a URI), so S3-compatible servers work without code changes.
     """
+    if isinstance(location, StoragePath):
+        return location
     text = str(location)
     if is_remote(text):
         filesystem, path = pafs.FileSystem.from_uri(text)
-        return StoragePath(filesystem, path.rstrip("/"), text.rstrip("/"))
+        scheme = text.split("://", 1)[0]
+        query = text.partition("?")[2]
+        return StoragePath(filesystem, path.rstrip("/"), scheme, query)
     absolute = str(Path(text).expanduser().resolve())
-    return StoragePath(pafs.LocalFileSystem(), absolute, absolute)
+    return StoragePath(pafs.LocalFileSystem(), absolute)
+
+
+def join(location: str | os.PathLike | StoragePath, *parts: str) -> str:
+    """The URI (or absolute local path) of `parts` below `location`."""
+    return resolve(location).child(*parts).uri
+
+
+def read_text(location: str | os.PathLike | StoragePath) -> str | None:
+    """A UTF-8 file's text, or None when it does not exist."""
+    location = resolve(location)
+    if file_type(location) != pafs.FileType.File:
+        return None
+    return read_bytes(location).decode("utf-8")
+
+
+@contextmanager
+def local_file(location: str | os.PathLike | StoragePath) -> Iterator[Path]:
+    """A local path to read the file at `location` from: the file itself when it is local,
+    else a temporary copy downloaded from the object store (deleted afterwards)."""
+    location = resolve(location)
+    if location.is_local:
+        yield Path(location.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="apcnet-download-") as folder:
+        copy = Path(folder) / location.name
+        copy.write_bytes(read_bytes(location))
+        yield copy
 
 
 def file_type(location: StoragePath) -> pafs.FileType:
@@ -93,6 +134,10 @@ def file_type(location: StoragePath) -> pafs.FileType:
 
 def exists(location: StoragePath) -> bool:
     return file_type(location) != pafs.FileType.NotFound
+
+
+def is_file(location: StoragePath) -> bool:
+    return file_type(location) == pafs.FileType.File
 
 
 def is_dir(location: StoragePath) -> bool:

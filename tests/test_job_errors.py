@@ -136,7 +136,7 @@ def test_a_bug_keeps_its_exception() -> None:
 
 
 def test_a_diverged_training_run_is_one_line_and_exit_code_1(capsys) -> None:
-    from pipeline.train.driver import NonFiniteLossError
+    from pipeline.train.failures import NonFiniteLossError
 
     error = NonFiniteLossError("loss is nan at epoch 2")
     assert load_cli().run_job(raising(error), []) == 1

@@ -226,7 +226,7 @@ def object_store_stand_in(folder: Path) -> StoragePath:
     """`folder` seen through a filesystem that is not `LocalFileSystem`, so the writer treats it
     as an object store (no rename: files written in place) while the test can still look."""
     bucket = pafs.SubTreeFileSystem(str(folder), pafs.LocalFileSystem())
-    return StoragePath(bucket, "set", "s3://bucket/set")
+    return StoragePath(bucket, "set", scheme="s3")
 
 
 def test_on_an_object_store_shards_are_written_in_place_under_their_final_names(

@@ -99,7 +99,7 @@ def test_a_training_start_hashes_every_shard_exactly_once(finished_run):
 
 @pytest.mark.slow
 def test_a_checkpoint_folder_written_by_training_names_its_training_run(finished_run):
-    folder = finished_run.outcome.best_checkpoint.parent
+    folder = Path(finished_run.outcome.best_checkpoint).parent
     assert folder.name.startswith("epoch_")
     assert load_project_checkpoint(folder).training_run == "tiny"
 
@@ -107,13 +107,13 @@ def test_a_checkpoint_folder_written_by_training_names_its_training_run(finished
 @pytest.mark.slow
 def test_latest_checkpoint_is_the_last_epoch(finished_run):
     latest = latest_checkpoint("tiny", finished_run.root / "runs")
-    assert read_progress(latest.parent).epoch == 2
-    assert best_checkpoint("tiny", finished_run.root / "runs").is_file()
+    assert read_progress(latest).epoch == 2
+    assert Path(best_checkpoint("tiny", finished_run.root / "runs")).is_file()
 
 
 @pytest.mark.slow
 def test_the_resolved_config_is_stored_with_the_run(finished_run):
-    stored = yaml.safe_load((finished_run.outcome.run_folder / CONFIG_FILE).read_text())
+    stored = yaml.safe_load((Path(finished_run.outcome.run_folder) / CONFIG_FILE).read_text())
     assert stored["model"]["backbone"] == "resnet18"
 
 

@@ -17,7 +17,8 @@ from training_faults import NanLossAt, kill_marker
 from training_helpers import metric_steps, tiny_config
 
 from pipeline.config.schema import config_to_yaml
-from pipeline.train.driver import NonFiniteLossError, train
+from pipeline.train.driver import train
+from pipeline.train.failures import NonFiniteLossError
 from pipeline.train.hooks import HOOKS_ENV
 from pipeline.train.run_folder import latest_checkpoint
 from pipeline.train.state import read_progress
@@ -42,7 +43,7 @@ def test_killed_workers_are_replaced_and_every_epoch_reaches_mlflow_exactly_once
     folder = tmp_path / "runs" / "killed-workers"
     assert kill_marker(folder, "after-logging", 1).exists()
     assert kill_marker(folder, "mid-epoch", 2).exists()
-    history = read_progress(latest_checkpoint("killed-workers", tmp_path / "runs").parent).history
+    history = read_progress(latest_checkpoint("killed-workers", tmp_path / "runs")).history
     assert [int(epoch["epoch"]) for epoch in history] == [1, 2]
     for key in ("train_loss", "lr", "val_miou", "epoch_time_s"):
         assert metric_steps(config, "killed-workers", key) == [1, 2], key
@@ -56,7 +57,7 @@ def test_a_nan_loss_stops_training_with_a_clear_error_and_no_restart(ray_session
     with pytest.raises(NonFiniteLossError, match=r"epoch 2 at global iteration 3"):
         train(config, "nan-loss", hooks=[NanLossAt(iteration=3)])
     latest = latest_checkpoint("nan-loss", tmp_path / "runs")
-    assert read_progress(latest.parent).epoch == 1, "the last good checkpoint is kept"
+    assert read_progress(latest).epoch == 1, "the last good checkpoint is kept"
     assert metric_steps(config, "nan-loss", "train_loss") == [1]
     assert metric_steps(config, "nan-loss", "nonfinite_loss") == [2]
     assert time.perf_counter() - started < 600
@@ -86,7 +87,7 @@ def job_environment() -> dict[str, str]:
 
 def registered_checkpoint(storage: Path) -> bool:
     try:
-        return latest_checkpoint("resumable", storage).is_file()
+        return Path(latest_checkpoint("resumable", storage)).is_file()
     except Exception:  # no record yet, or Ray is rewriting it right now
         return False
 

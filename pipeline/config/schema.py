@@ -132,7 +132,10 @@ class ScalingSection:
 
     On a CPU-only laptop two workers at {"CPU": 0.5} leave room for Ray Data's preprocessing
     tasks; on a GPU cluster use whole CPUs plus `use_gpu: true`. "auto" switches a GPU-only
-    feature on exactly when workers use GPUs.
+    feature on exactly when workers use GPUs. A custom node resource in `resources_per_worker`
+    (e.g. {CPU: 1, apcnet_worker_node: 1}, each worker node offering 1) pins one worker per node.
+    `max_failures` counts worker failures Ray Train recovers from (from the last checkpoint);
+    `node_wait_s` bounds each wait for the resources to come back.
     """
 
     num_workers: int = 2
@@ -144,6 +147,9 @@ class ScalingSection:
     sync_batchnorm: Literal["auto"] | bool = "auto"
     process_group_timeout_s: int = 300
     max_failures: int = 3
+    # After workers fail (a node lost), how long to wait for nodes that can hold them again
+    # (e.g. a replacement the autoscaler starts) before the run fails with a message.
+    node_wait_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,9 @@ class TrackingSection:
     enabled: bool = True
     tracking_uri: str | None = None
     experiment_name: str | None = None
+    # How long a training run keeps retrying a tracking server that stopped answering (e.g.
+    # while it restarts) before it fails; its epochs' metrics are logged once it answers.
+    outage_wait_s: float = 120.0
 
 
 @dataclass(frozen=True)

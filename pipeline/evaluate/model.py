@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from torch import nn
 
+from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.train.state import CHECKPOINT_FILE, CHECKPOINT_FOLDER_PREFIX
 
@@ -46,21 +47,23 @@ class InferenceModel:
         return len(self.class_names)
 
 
-def checkpoint_file(path: str | Path) -> Path:
-    """The checkpoint file behind `path`: the file itself, or `<folder>/checkpoint.pt`."""
-    location = Path(path).expanduser()
-    if location.is_dir():
-        location = location / CHECKPOINT_FILE
-    if not location.is_file():
+def checkpoint_file(path: str | Path) -> storage.StoragePath:
+    """The checkpoint file behind `path` (local, or s3:// / gs://): the file itself, or
+    `<folder>/checkpoint.pt`."""
+    location = storage.resolve(Path(path).expanduser() if not storage.is_remote(path) else path)
+    if storage.is_dir(location):
+        location = location.child(CHECKPOINT_FILE)
+    if not storage.is_file(location):
         raise InferenceError(
             f"checkpoint {path} not found: pass a checkpoint file or a Ray checkpoint folder "
             f"containing {CHECKPOINT_FILE}"
         )
-    return location.resolve()
+    return location
 
 
 def load_project_checkpoint(path: str | Path) -> InferenceModel:
-    """Load this project's checkpoint (file or Ray checkpoint folder) for inference.
+    """Load this project's checkpoint (file or Ray checkpoint folder, local or on an object
+    store) for inference.
 
     Raises InferenceError when the file is missing, unreadable or not a checkpoint of this
     project.
@@ -69,11 +72,12 @@ def load_project_checkpoint(path: str | Path) -> InferenceModel:
 
     location = checkpoint_file(path)
     try:
-        loaded = load_checkpoint(location)
+        with storage.local_file(location) as local_path:
+            loaded = load_checkpoint(local_path)
         model = build_model(loaded)
     except Exception as error:  # any failure to read means the same thing to the user
         raise InferenceError(
-            f"cannot read checkpoint {location}: {error}. Pass a checkpoint written by this "
+            f"cannot read checkpoint {location.uri}: {error}. Pass a checkpoint written by this "
             "project's training (or use --mmseg-checkpoint for a reference-toolbox file)"
         ) from error
     extra = dict(loaded.extra or {})
@@ -84,17 +88,17 @@ def load_project_checkpoint(path: str | Path) -> InferenceModel:
         ignore_index=int(loaded.ignore_index),
         mean=tuple(float(v) for v in loaded.mean),
         std=tuple(float(v) for v in loaded.std),
-        source=str(location),
+        source=location.uri,
         # Training stores the data set as "manifest_path"; "manifest" is accepted too.
         manifest=extra.get("manifest_path") or extra.get("manifest"),
-        training_run=extra.get("run_name") or _run_name_from_folder(location),
+        training_run=extra.get("run_name") or _run_name_from_folder(location.path),
     )
 
 
-def _run_name_from_folder(location: Path) -> str | None:
+def _run_name_from_folder(location: str) -> str | None:
     """For checkpoints written before the run name was stored in them: training keeps them
     at `<storage>/<run name>/epoch_NNNN/checkpoint.pt`."""
-    folder = location.parent
+    folder = PurePosixPath(location).parent
     if (
         folder.name.startswith(CHECKPOINT_FOLDER_PREFIX)
         and folder.name.removeprefix(CHECKPOINT_FOLDER_PREFIX).isdigit()

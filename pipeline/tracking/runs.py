@@ -29,7 +29,7 @@ from pipeline.errors import UserError
 from pipeline.storage import apcnet_home
 from pipeline.tracking.lookup import children_query, run_name_query, search_runs
 from pipeline.tracking.provenance import git_commit
-from pipeline.tracking.retry import call_with_retry, tracking_client
+from pipeline.tracking.retry import DEFAULT_POLICY, RetryPolicy, call_with_retry, tracking_client
 from pipeline.tracking.tables import table_for_file
 from pipeline.tracking.tags import DESCRIPTION_TAG, GIT_COMMIT_TAG, PARENT_RUN_TAG, RUN_NAME_TAG
 
@@ -102,10 +102,16 @@ class RunTracker:
     """
 
     def __init__(
-        self, client: mlflow.MlflowClient, tracking_uri: str, run: Run, resumed: bool
+        self,
+        client: mlflow.MlflowClient,
+        tracking_uri: str,
+        run: Run,
+        resumed: bool,
+        retry: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         self._client = client
         self._tracking_uri = tracking_uri
+        self._retry = retry
         self._run_id = run.info.run_id
         self._experiment_id = run.info.experiment_id
         self._resumed = resumed
@@ -124,13 +130,16 @@ class RunTracker:
         tags: Mapping[str, object] | None = None,
         parent_run_id: str | None = None,
         description: str | None = None,
+        retry: RetryPolicy = DEFAULT_POLICY,
     ) -> RunTracker:
         """Find the run named `run_name` in `experiment`, or create it; mark it RUNNING.
 
         A new run is nested under `parent_run_id` when given. A finished or failed run is
         reopened (resume). `tags` are set either way, plus the git commit of the code
         (`git_commit()`, unless `tags` names it; "unknown" never replaces a known commit).
-        tracking_uri / experiment of None are resolved by `resolve_tracking`.
+        tracking_uri / experiment of None are resolved by `resolve_tracking`. `retry` bounds
+        the wait for an unreachable store in every later call (a long run may wait out a
+        restarting server longer than a job that only reads).
         """
         _check_run_name(run_name)
         uri, client, experiment_id = _client_and_experiment(tracking_uri, experiment, create=True)
@@ -155,7 +164,7 @@ class RunTracker:
             )
         elif run.info.status != "RUNNING":
             call_with_retry(lambda: client.update_run(run.info.run_id, status="RUNNING"), uri)
-        tracker = cls(client, uri, run, resumed)
+        tracker = cls(client, uri, run, resumed, retry)
         tracker.set_tags(all_tags)
         return tracker
 
@@ -285,7 +294,7 @@ class RunTracker:
             self.set_terminated("FAILED")
 
     def _call(self, call: Callable[[], T]) -> T:
-        return call_with_retry(call, self._tracking_uri)
+        return call_with_retry(call, self._tracking_uri, self._retry)
 
     def _steps_logged_for(self, key: str) -> set[int]:
         if key not in self._logged_steps:

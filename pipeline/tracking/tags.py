@@ -24,6 +24,8 @@ DATA_MANIFEST_TAG = "apcnet.data_manifest"
 MANIFEST_HASH_TAG = "apcnet.data_manifest_sha256"
 # How a training run ended when its MLflow status alone does not say (e.g. a non-finite loss).
 RUN_OUTCOME_TAG = "apcnet.status"
+# "rank:node id" of every training worker, comma-separated (the latest attempt's placement).
+WORKER_NODES_TAG = "apcnet.worker_nodes"
 
 # Tune trials (child runs of a search).
 TRIAL_ID_TAG = "apcnet.trial_id"

@@ -15,9 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import ray
-import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipeline.config.schema import (
@@ -36,6 +34,8 @@ from pipeline.tracking.tags import (
     MANIFEST_HASH_TAG,
     RUN_OUTCOME_TAG,
 )
+from pipeline.train.connection import connect
+from pipeline.train.failures import NonFiniteLossError, failure_config, workers_not_placed
 from pipeline.train.hooks import TrainingHook, hooks_from_environment
 from pipeline.train.run_folder import (
     SCORE_METRIC,
@@ -58,20 +58,16 @@ from pipeline.train.worker import (
 )
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training stopped because the loss became NaN or infinite (not a worker failure)."""
-
-
 @dataclass(frozen=True)
 class TrainOutcome:
     """What a training run produced. `history` holds each reported epoch's metrics in order."""
 
     run_name: str
     status: Literal["finished", "already_complete"]
-    run_folder: Path
+    run_folder: str
     best_val_miou: float | None
-    best_checkpoint: Path | None
-    latest_checkpoint: Path | None
+    best_checkpoint: str | None
+    latest_checkpoint: str | None
     history: tuple[dict[str, float], ...] = ()
     mlflow_run_id: str | None = None
     majority_baseline_miou: float | None = None
@@ -94,8 +90,8 @@ def train(
             status="already_complete",
             run_folder=run_folder(run_name, storage),
             best_val_miou=summary.get("best_val_miou"),
-            best_checkpoint=_optional_path(summary.get("best_checkpoint")),
-            latest_checkpoint=_optional_path(summary.get("latest_checkpoint")),
+            best_checkpoint=summary.get("best_checkpoint"),
+            latest_checkpoint=summary.get("latest_checkpoint"),
             mlflow_run_id=summary.get("mlflow_run_id"),
             majority_baseline_miou=summary.get("majority_baseline_miou"),
         )
@@ -135,9 +131,7 @@ def fit_run(
     checkpoint is kept), ray.train.TrainingFailedError when workers failed more than
     `scaling.max_failures` times.
     """
-    if not ray.is_initialized():
-        # Inside `ray job submit` this connects to the job's cluster; locally it starts one.
-        ray.init()
+    connect()
     storage = storage_root(config, storage_path)
     folder = run_folder(run_name, storage)
     data = data or load_training_data(config.data)
@@ -159,8 +153,9 @@ def fit_run(
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=config.scaling.max_failures),
+            # A local path or a URI; Ray builds the same filesystem from it as pipeline.storage.
+            storage_path=storage,
+            failure_config=failure_config(config.scaling),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=config.checkpointing.num_to_keep,
                 checkpoint_score_attribute=SCORE_METRIC,
@@ -173,11 +168,14 @@ def fit_run(
     )
     try:
         result = trainer.fit()
-    except BaseException:
+    except BaseException as error:
         if tracker is not None:
             # A Tune trial that reached its last epoch is torn down by Tune; its callback
             # on the driver may already have ended the run with the trial's real status.
             tracker.set_terminated("FAILED", only_if_running=True)
+        explained = workers_not_placed(error, run_name, config.scaling)
+        if explained is not None:
+            raise explained from error
         raise
     final = dict(result.metrics or {})
     returned = result.return_value or {}
@@ -202,7 +200,7 @@ def fit_run(
         best_val_miou=best_metrics.get(SCORE_METRIC),
         best_checkpoint=best,
         latest_checkpoint=latest,
-        history=read_progress(latest.parent).history if latest is not None else (),
+        history=read_progress(latest).history if latest is not None else (),
         mlflow_run_id=tracker.run_id if tracker is not None else None,
         majority_baseline_miou=baseline_miou,
         final_metrics={k: v for k, v in final.items() if isinstance(v, int | float)},
@@ -217,7 +215,7 @@ def fit_run(
 def _loop_settings(
     config: ExperimentConfig,
     run_name: str,
-    folder: Path,
+    folder: str,
     data: TrainingData,
     hooks: tuple[TrainingHook, ...],
 ) -> LoopSettings:
@@ -290,6 +288,7 @@ def _open_driver_tracker(
     parent_run_id: str | None,
 ) -> Any:
     """Open (or reopen) the run's MLflow run; log parameters, tags and the resolved config."""
+    from pipeline.tracking.retry import RetryPolicy
     from pipeline.tracking.runs import RunTracker
 
     tracker = RunTracker.open(
@@ -302,6 +301,7 @@ def _open_driver_tracker(
             DATA_MANIFEST_TAG: settings.description.manifest_path,
         },
         parent_run_id=parent_run_id,
+        retry=RetryPolicy(budget_s=config.tracking.outage_wait_s),
     )
     tracker.log_params(flatten_config(config))
     tracker.log_text(config_to_yaml(config), "config.yaml")
@@ -318,8 +318,8 @@ def _log_final_artifacts(
     tracker.log_table(rows, ["class", "iou"], "per_class_iou.csv")
     tracker.log_table(rows, ["class", "iou"], "per_class_iou.md")
     reference = {
-        "best_checkpoint": str(outcome.best_checkpoint),
-        "latest_checkpoint": str(outcome.latest_checkpoint),
+        "best_checkpoint": outcome.best_checkpoint,
+        "latest_checkpoint": outcome.latest_checkpoint,
         "best_val_miou": outcome.best_val_miou,
         "epoch": best_metrics.get("epoch"),
     }
@@ -340,8 +340,8 @@ def _write_complete_marker(outcome: TrainOutcome) -> None:
     summary = {
         "run_name": outcome.run_name,
         "best_val_miou": outcome.best_val_miou,
-        "best_checkpoint": str(outcome.best_checkpoint) if outcome.best_checkpoint else None,
-        "latest_checkpoint": str(outcome.latest_checkpoint) if outcome.latest_checkpoint else None,
+        "best_checkpoint": outcome.best_checkpoint,
+        "latest_checkpoint": outcome.latest_checkpoint,
         "mlflow_run_id": outcome.mlflow_run_id,
         "majority_baseline_miou": outcome.majority_baseline_miou,
         "finished_at": datetime.now().isoformat(timespec="seconds"),
@@ -374,10 +374,10 @@ def _data_config() -> Any:
     return data_config(TRAIN_SPLIT)
 
 
-def _resume_epoch(run_name: str, storage: Path) -> int:
+def _resume_epoch(run_name: str, storage: str) -> int:
     """The last completed epoch of an existing run (0 for a new one)."""
     latest = _try(latest_checkpoint, run_name, storage)
-    return read_progress(latest.parent).epoch if latest is not None else 0
+    return read_progress(latest).epoch if latest is not None else 0
 
 
 def _changed_keys(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
@@ -385,12 +385,8 @@ def _changed_keys(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
     return [key for key in after if before.get(key) != after[key]]
 
 
-def _try(lookup: Any, run_name: str, storage: Path) -> Path | None:
+def _try(lookup: Any, run_name: str, storage: str) -> str | None:
     try:
         return lookup(run_name, storage)
     except FileNotFoundError:
         return None
-
-
-def _optional_path(value: str | None) -> Path | None:
-    return Path(value) if value else None

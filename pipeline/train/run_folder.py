@@ -6,7 +6,9 @@ file), the run keeps two records of its own:
 - `config.yaml`: the resolved config the run was started with (written once, at the start);
 - `COMPLETE.json`: written last, when the run has finished: its summary. A run is complete
   exactly when this file exists.
-Both are written atomically (`pipeline.storage`), so a crash never leaves a half file.
+Both are written atomically (`pipeline.storage`), so a crash never leaves a half file. The
+storage may be a local (or shared) folder or an object store (s3://, gs://): locations are
+strings, absolute local paths or URIs.
 
 The checkpoint lookups read Ray's record through `ray.train.Result.from_path`, so they agree
 with what Ray restores on resume (the latest) and what it kept (the best).
@@ -22,9 +24,10 @@ from typing import Any
 
 from ray.train import Result
 
+from pipeline import storage
 from pipeline.config.schema import ExperimentConfig, config_from_dict
 from pipeline.config.typed import load_yaml
-from pipeline.storage import apcnet_home, write_text_atomically
+from pipeline.storage import apcnet_home
 from pipeline.train.state import CHECKPOINT_FILE
 
 COMPLETE_MARKER = "COMPLETE.json"
@@ -44,49 +47,53 @@ def default_storage_path() -> Path:
     return apcnet_home() / RUNS_FOLDER
 
 
-def storage_root(config: ExperimentConfig, storage_path: str | Path | None = None) -> Path:
-    """The folder run folders go in: the argument, else the config's, else `<home>/runs`."""
-    chosen = storage_path or config.checkpointing.storage_path
-    return Path(chosen).expanduser().resolve() if chosen else default_storage_path()
+def storage_root(config: ExperimentConfig, storage_path: str | Path | None = None) -> str:
+    """The folder run folders go in, as an absolute local path or an s3:// / gs:// URI: the
+    argument, else the config's `checkpointing.storage_path`, else `<home>/runs`."""
+    chosen = storage_path or config.checkpointing.storage_path or default_storage_path()
+    return storage.resolve(chosen).uri
 
 
-def run_folder(run_name: str, storage_path: str | Path | None = None) -> Path:
-    """`<storage>/<run name>`, with the default storage when `storage_path` is None."""
-    return Path(storage_path or default_storage_path()) / run_name
+def run_folder(run_name: str, storage_path: str | Path | None = None) -> str:
+    """`<storage>/<run name>` (a local path or a URI), with the default storage when
+    `storage_path` is None."""
+    return storage.join(storage_path or default_storage_path(), run_name)
 
 
-def stored_config(run_name: str, storage_path: Path) -> ExperimentConfig | None:
+def stored_config(run_name: str, storage_path: str | Path) -> ExperimentConfig | None:
     """The resolved config a run was started with, or None for a run that never started."""
-    path = run_folder(run_name, storage_path) / CONFIG_FILE
-    if not path.is_file():
+    location = storage.join(run_folder(run_name, storage_path), CONFIG_FILE)
+    text = storage.read_text(location)
+    if text is None:
         return None
-    return config_from_dict(load_yaml(path.read_text()), source=str(path))
+    return config_from_dict(load_yaml(text), source=location)
 
 
-def write_config_once(folder: Path, config_yaml: str) -> None:
+def write_config_once(folder: str, config_yaml: str) -> None:
     """Record the config a run starts with; a resumed run keeps its first record."""
-    path = folder / CONFIG_FILE
-    if not path.exists():
-        write_text_atomically(path, config_yaml)
+    location = storage.resolve(folder).child(CONFIG_FILE)
+    if not storage.exists(location):
+        storage.write_text_atomically(location, config_yaml)
 
 
-def completed_summary(run_name: str, storage_path: Path) -> dict[str, Any] | None:
+def completed_summary(run_name: str, storage_path: str | Path) -> dict[str, Any] | None:
     """The completion record of a finished run, or None when it has not finished."""
-    marker = run_folder(run_name, storage_path) / COMPLETE_MARKER
-    return json.loads(marker.read_text()) if marker.is_file() else None
+    text = storage.read_text(storage.join(run_folder(run_name, storage_path), COMPLETE_MARKER))
+    return json.loads(text) if text is not None else None
 
 
-def write_complete_marker(folder: Path, summary: dict[str, Any]) -> None:
+def write_complete_marker(folder: str, summary: dict[str, Any]) -> None:
     """Mark the run in `folder` complete, with its summary (JSON). Written last."""
-    write_text_atomically(folder / COMPLETE_MARKER, json.dumps(summary, indent=2) + "\n")
+    location = storage.resolve(folder).child(COMPLETE_MARKER)
+    storage.write_text_atomically(location, json.dumps(summary, indent=2) + "\n")
 
 
-def best_checkpoint(run_name: str, storage_path: str | Path | None = None) -> Path:
-    """Path of `checkpoint.pt` in the run's checkpoint with the highest val_miou.
+def best_checkpoint(run_name: str, storage_path: str | Path | None = None) -> str:
+    """The `checkpoint.pt` (local path or URI) of the run's checkpoint with the highest val_miou.
 
     Raises FileNotFoundError naming the run folder when the run has no validated checkpoint.
     """
-    result = _result(run_name, storage_path)
+    folder, result = _result(run_name, storage_path)
     scored = [
         (metrics.get(SCORE_METRIC), checkpoint)
         for checkpoint, metrics in result.best_checkpoints or []
@@ -94,31 +101,30 @@ def best_checkpoint(run_name: str, storage_path: str | Path | None = None) -> Pa
     ]
     if not scored:
         raise FileNotFoundError(
-            f"run {run_name!r} in {run_folder(run_name, storage_path)} has no checkpoint with "
-            f"{SCORE_METRIC}; train it (python jobs/train.py --name {run_name}) until a "
-            "validation epoch has run"
+            f"run {run_name!r} in {folder.uri} has no checkpoint with {SCORE_METRIC}; train it "
+            f"(python jobs/train.py --name {run_name}) until a validation epoch has run"
         )
     _, checkpoint = max(scored, key=lambda pair: pair[0])
-    return Path(checkpoint.path) / CHECKPOINT_FILE
+    return folder.at(checkpoint.path).child(CHECKPOINT_FILE).uri
 
 
-def latest_checkpoint(run_name: str, storage_path: str | Path | None = None) -> Path:
-    """Path of `checkpoint.pt` in the run's most recent checkpoint (the one resume starts from)."""
-    result = _result(run_name, storage_path)
+def latest_checkpoint(run_name: str, storage_path: str | Path | None = None) -> str:
+    """The `checkpoint.pt` (local path or URI) of the run's most recent checkpoint: the one
+    resume starts from. Ray records a checkpoint only once its upload is whole, so an upload
+    cut off mid-way is never the latest."""
+    folder, result = _result(run_name, storage_path)
     if result.checkpoint is None:
-        raise FileNotFoundError(
-            f"run {run_name!r} in {run_folder(run_name, storage_path)} has no checkpoint yet"
-        )
-    return Path(result.checkpoint.path) / CHECKPOINT_FILE
+        raise FileNotFoundError(f"run {run_name!r} in {folder.uri} has no checkpoint yet")
+    return folder.at(result.checkpoint.path).child(CHECKPOINT_FILE).uri
 
 
-def _result(run_name: str, storage_path: str | Path | None) -> Result:
-    folder = run_folder(run_name, storage_path)
+def _result(run_name: str, storage_path: str | Path | None) -> tuple[storage.StoragePath, Result]:
+    folder = storage.resolve(run_folder(run_name, storage_path))
     try:
-        return Result.from_path(str(folder))
+        return folder, Result.from_path(folder.path, storage_filesystem=folder.filesystem)
     except RuntimeError as error:
         raise FileNotFoundError(
-            f"no training run {run_name!r} at {folder} ({error}); check the run name and "
+            f"no training run {run_name!r} at {folder.uri} ({error}); check the run name and "
             "checkpointing.storage_path"
         ) from error
 

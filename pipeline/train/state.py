@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from apcnet.checkpoint import load_checkpoint, save_checkpoint
+from pipeline import storage
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FOLDER_PREFIX = "epoch_"
@@ -118,9 +119,11 @@ class TrainingState:
         return replace(self, progress=_progress(loaded.extra))
 
 
-def read_progress(folder: Path) -> Progress:
-    """The epoch and iteration stored in a checkpoint folder, without building a model."""
-    return _progress(load_checkpoint(folder / CHECKPOINT_FILE).extra)
+def read_progress(checkpoint_file: str | Path) -> Progress:
+    """The progress stored in a `checkpoint.pt` (local path or s3:// / gs:// URI), without
+    building a model."""
+    with storage.local_file(checkpoint_file) as path:
+        return _progress(load_checkpoint(path).extra)
 
 
 def _progress(extra: dict[str, Any]) -> Progress:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -114,7 +115,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             state = state.restored_from(Path(folder))
         worker.say(f"resuming {settings.run_name} after epoch {state.progress.epoch}")
     model = ray.train.torch.prepare_model(state.model) if worker.world_size > 1 else state.model
-    tracker = _open_tracker(settings) if worker.rank == 0 else None
+    tracker = _open_tracker(settings, worker, _node_of_each_rank(worker))
     train_shard = ray.train.get_dataset_shard(TRAIN_SPLIT)
     val_shard = ray.train.get_dataset_shard(VAL_SPLIT)
     first_step_unix_s = float("nan")
@@ -295,16 +296,36 @@ def _all_reduce_mean(value: torch.Tensor) -> float:
     return float(value)
 
 
-def _open_tracker(settings: LoopSettings) -> Any:
+def _node_of_each_rank(worker: Worker) -> list[str]:
+    """The Ray node id each rank runs on, in rank order (a collective: every rank calls it).
+
+    Nodes on one host share an IP, so Ray's node_rank cannot tell them apart; node ids can."""
+    node = ray.get_runtime_context().get_node_id()
+    if worker.world_size == 1:
+        return [node]
+    nodes: list[Any] = [None] * worker.world_size
+    dist.all_gather_object(nodes, node)
+    return [str(each) for each in nodes]
+
+
+def _open_tracker(settings: LoopSettings, worker: Worker, nodes: list[str]) -> Any:
+    """Rank 0 says where the workers run and opens the MLflow run (None elsewhere)."""
+    if worker.rank != 0:
+        return None
+    placement = ",".join(f"{rank}:{node}" for rank, node in enumerate(nodes))
+    worker.say(f"{settings.run_name}: {worker.world_size} workers on nodes {placement}")
     if not settings.config.tracking.enabled:
         return None
+    from pipeline.tracking.retry import RetryPolicy
     from pipeline.tracking.runs import RunTracker
+    from pipeline.tracking.tags import WORKER_NODES_TAG
 
     return RunTracker.open(
         settings.run_name,
         tracking_uri=settings.tracking_uri,
         experiment=settings.experiment_name,
-        tags=settings.tracking_tags,
+        tags={**settings.tracking_tags, WORKER_NODES_TAG: placement},
+        retry=RetryPolicy(budget_s=settings.config.tracking.outage_wait_s),
     )
 
 

@@ -1,0 +1,365 @@
+"""The cluster path on one machine: the local replica (3 Ray nodes, S3 server, MLflow server),
+every path on s3://, jobs submitted as a user would, a node lost and replaced mid-run.
+
+The replica's nodes start without any AWS_* or MLFLOW_* variable: everything the workers need
+reaches them through the job's runtime_env, which is what these tests prove. Runs are tiny
+(32 px, 8 images, 2 epochs); the assertions are the cluster's, not the model's.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import mlflow
+import pytest
+from local_cluster_fixture import LocalCluster, local_cluster_fixture  # noqa: F401
+
+from pipeline.data.shards import DatasetError, load_manifest
+from pipeline.evaluate.counts import evaluate_locally
+from pipeline.evaluate.evaluation import read_split_samples
+from pipeline.evaluate.model import load_project_checkpoint
+from pipeline.evaluate.testtime import TestTimeOptions
+from pipeline.train.run_folder import latest_checkpoint
+
+pytestmark = pytest.mark.slow
+
+TINY_RUN = (
+    "data.augmentation.crop_size=[32, 32]",
+    "data.augmentation.scale_range=[1.0, 1.0]",
+    "model.channels=64",
+    "model.pool_scales=[1, 2]",
+    "optimization.batch_size=4",
+    "optimization.epochs=3",
+    "scaling.num_workers=2",
+    # One training worker per worker node: each offers one apcnet_worker_node.
+    "scaling.resources_per_worker={CPU: 1, apcnet_worker_node: 1}",
+    "scaling.process_group_timeout_s=30",
+    "tracking.experiment_name=cluster-path",
+)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def s3_client(cluster: LocalCluster):
+    exports = cluster.exports
+    return boto3.client(
+        "s3",
+        endpoint_url=exports["AWS_ENDPOINT_URL"],
+        aws_access_key_id=exports["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"],
+        region_name=exports.get("AWS_DEFAULT_REGION", "us-east-1"),
+    )
+
+
+def bucket_keys(cluster: LocalCluster, prefix: str) -> list[str]:
+    pages = s3_client(cluster).get_paginator("list_objects_v2")
+    return [
+        item["Key"]
+        for page in pages.paginate(Bucket=cluster.bucket, Prefix=prefix)
+        for item in page.get("Contents", [])
+    ]
+
+
+def job_variables(cluster: LocalCluster, home: Path) -> dict[str, str]:
+    """The job's env_vars: storage and tracking settings, and a home folder to check."""
+    settings = {k: v for k, v in cluster.exports.items() if k.startswith(("AWS_", "MLFLOW_"))}
+    return {**settings, "APCNET_HOME": str(home)}
+
+
+def submit_training(
+    cluster: LocalCluster, name: str, home: Path, *overrides: str, wait: bool = False
+) -> subprocess.CompletedProcess:
+    bucket = cluster.bucket
+    settings = [
+        f"data.path=s3://{bucket}/shards/synthetic",
+        f"checkpointing.storage_path=s3://{bucket}/runs",
+        *TINY_RUN,
+        *overrides,
+    ]
+    command = [
+        "ray",
+        "job",
+        "submit",
+        "--working-dir",
+        ".",
+        "--submission-id",
+        name,
+        "--runtime-env-json",
+        json.dumps({"env_vars": job_variables(cluster, home)}),
+        *([] if wait else ["--no-wait"]),
+        "--",
+        "python",
+        "jobs/train.py",
+        "--name",
+        name,
+        *[part for setting in settings for part in ("--set", setting)],
+    ]
+    return cluster.run(command, timeout=900)
+
+
+def job_status(cluster: LocalCluster, job_id: str) -> str:
+    result = cluster.run(["ray", "job", "status", job_id], timeout=60)
+    for status in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
+        if f"status: {status}" in result.stdout or f"'{status}'" in result.stdout:
+            return status
+    return "UNKNOWN"
+
+
+def wait_for_job(cluster: LocalCluster, job_id: str, timeout_s: float = 600) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = job_status(cluster, job_id)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        time.sleep(3)
+    raise AssertionError(f"job {job_id} still {job_status(cluster, job_id)} after {timeout_s} s")
+
+
+def job_logs(cluster: LocalCluster, job_id: str) -> str:
+    return cluster.run(["ray", "job", "logs", job_id], timeout=60).stdout
+
+
+def state_api(cluster: LocalCluster, what: str) -> list[dict]:
+    """Ray's State API (not the project's own records): nodes, or training-worker actors."""
+    script = (
+        "import json, sys\n"
+        "from ray.util import state\n"
+        "if sys.argv[1] == 'nodes':\n"
+        "    rows = state.list_nodes(limit=1000, detail=True)\n"
+        "else:\n"
+        "    rows = state.list_actors(filters=[('class_name', '=', 'RayTrainWorker')],\n"
+        "                             limit=1000, detail=True)\n"
+        "print(json.dumps([{'id': r.node_id, 'state': r.state} for r in rows]))\n"
+    )
+    result = cluster.run([sys.executable, "-c", script, what], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def alive_nodes(cluster: LocalCluster) -> set[str]:
+    return {row["id"] for row in state_api(cluster, "nodes") if row["state"] == "ALIVE"}
+
+
+def worker_nodes(cluster: LocalCluster) -> set[str]:
+    return {row["id"] for row in state_api(cluster, "workers")}
+
+
+def mlflow_run(cluster: LocalCluster, name: str):
+    client = mlflow.MlflowClient(tracking_uri=cluster.mlflow_url)
+    experiment = client.get_experiment_by_name("cluster-path")
+    assert experiment is not None
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`apcnet.run_name` = '{name}'"
+    )
+    assert len(runs) == 1, [run.info.run_id for run in runs]
+    return client, runs[0]
+
+
+def metric_steps(cluster: LocalCluster, name: str, key: str) -> list[int]:
+    client, run = mlflow_run(cluster, name)
+    return sorted(metric.step for metric in client.get_metric_history(run.info.run_id, key))
+
+
+def wait_for_epoch(cluster: LocalCluster, name: str, epoch: int, timeout_s: float = 400) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if epoch in metric_steps(cluster, name, "train_loss"):
+                return
+        except AssertionError:  # the run is not there yet
+            pass
+        time.sleep(2)
+    raise AssertionError(f"epoch {epoch} of {name} never reached MLflow")
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def shards(local_cluster: LocalCluster) -> str:
+    """The synthetic set, prepared into the bucket with the user's command."""
+    uri = f"s3://{local_cluster.bucket}/shards/synthetic"
+    command = [sys.executable, "jobs/prepare_data.py", "--format", "synthetic", "--output", uri]
+    sizes = ["--num-train", "8", "--num-val", "4", "--size", "32", "--no-progress"]
+    result = local_cluster.run([*command, *sizes])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return uri
+
+
+@pytest.fixture(scope="module")
+def node_loss_run(local_cluster: LocalCluster, shards, tmp_path_factory) -> dict:
+    """A training job that loses a worker node after epoch 1 reached MLflow; a replacement
+    node joins (as the autoscaler would start one) and the job goes on."""
+    home = tmp_path_factory.mktemp("job-home")
+    nodes_before = alive_nodes(local_cluster)
+    submitted = submit_training(local_cluster, "lost-node", home)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    wait_for_epoch(local_cluster, "lost-node", 1)
+    workers_before = worker_nodes(local_cluster)
+    killed = local_cluster.tool("kill-node", "2")
+    assert killed.returncode == 0, killed.stderr
+    added = local_cluster.tool("add-node")
+    assert added.returncode == 0, added.stderr
+    replacement = alive_nodes(local_cluster) - nodes_before
+    status = wait_for_job(local_cluster, "lost-node")
+    return {
+        "status": status,
+        "logs": job_logs(local_cluster, "lost-node"),
+        "home": home,
+        "workers_before": workers_before,
+        "workers_after": worker_nodes(local_cluster),
+        "replacement": replacement,
+    }
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+def test_training_with_every_path_on_s3_survives_a_lost_node(node_loss_run):
+    assert node_loss_run["status"] == "SUCCEEDED", node_loss_run["logs"][-4000:]
+    assert len(node_loss_run["workers_before"]) >= 2, "workers must run on distinct nodes"
+    assert len(node_loss_run["replacement"]) == 1
+    # Resumed from the bucket on the new node (Ray's State API, not the project's tag).
+    assert node_loss_run["replacement"] <= node_loss_run["workers_after"]
+    assert "resuming lost-node after epoch" in node_loss_run["logs"]
+
+
+def test_every_epoch_reaches_mlflow_exactly_once_with_artifacts_in_the_bucket(
+    local_cluster, node_loss_run
+):
+    for key in ("train_loss", "val_miou"):
+        assert metric_steps(local_cluster, "lost-node", key) == [1, 2, 3], key
+    _, run = mlflow_run(local_cluster, "lost-node")
+    assert run.info.status == "FINISHED"
+    assert "apcnet.worker_nodes" in run.data.tags
+    artifacts = bucket_keys(local_cluster, "mlflow/")
+    assert any(key.endswith(f"{run.info.run_id}/artifacts/config.yaml") for key in artifacts)
+
+
+def test_checkpoints_and_run_records_are_in_the_bucket_and_nothing_on_local_disk(
+    local_cluster, node_loss_run
+):
+    keys = bucket_keys(local_cluster, "runs/lost-node/")
+    assert "runs/lost-node/config.yaml" in keys
+    assert "runs/lost-node/COMPLETE.json" in keys
+    assert "runs/lost-node/epoch_0003/checkpoint.pt" in keys
+    assert not (node_loss_run["home"] / "runs").exists()
+
+
+def test_evaluating_the_run_on_the_replica_counts_like_one_process(
+    local_cluster, node_loss_run, monkeypatch
+):
+    storage = f"s3://{local_cluster.bucket}/runs"
+    job = [
+        "ray",
+        "job",
+        "submit",
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        json.dumps({"env_vars": job_variables(local_cluster, node_loss_run["home"])}),
+        "--",
+        "python",
+        "jobs/evaluate.py",
+        "--run",
+        "lost-node",
+        "--storage-path",
+        storage,
+        "--experiment",
+        "cluster-path",
+    ]
+    evaluated = local_cluster.run(job, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
+
+    for key, value in local_cluster.exports.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    from pipeline.train.run_folder import best_checkpoint
+
+    inference = load_project_checkpoint(best_checkpoint("lost-node", storage))
+    manifest = load_manifest(inference.manifest)
+    samples = read_split_samples(manifest, "val", inference.mean, inference.std)
+    local = evaluate_locally(
+        inference.model, samples, TestTimeOptions(), inference.num_classes, manifest.ignore_index
+    ).scores()
+    client = mlflow.MlflowClient(tracking_uri=local_cluster.mlflow_url)
+    experiment = client.get_experiment_by_name("cluster-path")
+    evaluations = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`apcnet.kind` = 'evaluation'"
+    )
+    assert len(evaluations) == 1
+    logged = evaluations[0].data.metrics
+    assert logged["val_miou"] == pytest.approx(local.miou, abs=1e-12)
+    for name, iou in zip(manifest.class_names, local.per_class_iou, strict=True):
+        assert logged[f"val_iou/{name}"] == pytest.approx(iou, abs=1e-12, nan_ok=True), name
+
+
+def test_an_interrupted_checkpoint_upload_is_never_the_latest(
+    local_cluster, node_loss_run, monkeypatch
+):
+    # What a cut-off upload leaves: a later epoch folder with part of a checkpoint file.
+    s3_client(local_cluster).put_object(
+        Bucket=local_cluster.bucket, Key="runs/lost-node/epoch_0004/checkpoint.pt", Body=b"PK\x03"
+    )
+    for key, value in local_cluster.exports.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    latest = latest_checkpoint("lost-node", f"s3://{local_cluster.bucket}/runs")
+    assert latest.endswith("lost-node/epoch_0003/checkpoint.pt")
+
+
+def test_a_shard_write_killed_midway_on_s3_is_refused_by_name(local_cluster, monkeypatch):
+    uri = f"s3://{local_cluster.bucket}/shards/killed"
+    command = [sys.executable, "jobs/prepare_data.py", "--format", "synthetic", "--output", uri]
+    sizes = ["--num-train", "400", "--num-val", "8", "--size", "32", "--max-rows", "8"]
+    writer = subprocess.Popen(
+        [*command, *sizes, "--no-progress"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=local_cluster.environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not bucket_keys(local_cluster, "shards/killed/") and time.monotonic() < deadline:
+        assert writer.poll() is None, "the writer ended before it was killed"
+        time.sleep(0.2)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=30)
+    assert bucket_keys(local_cluster, "shards/killed/"), "no shard was written before the kill"
+    assert "shards/killed/manifest.json" not in bucket_keys(local_cluster, "shards/killed/")
+    for key, value in local_cluster.exports.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    with pytest.raises(DatasetError, match="shards/killed"):
+        load_manifest(uri)
+
+
+def test_without_a_replacement_node_the_job_fails_in_time_saying_why(
+    local_cluster, node_loss_run, tmp_path
+):
+    submitted = submit_training(
+        local_cluster,
+        "no-replacement",
+        tmp_path,
+        "scaling.node_wait_s=20",
+        "optimization.epochs=20",
+    )
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    wait_for_epoch(local_cluster, "no-replacement", 1)
+    parts = json.loads((local_cluster.directory / "state.json").read_text())["parts"]
+    newest_node = len([part for part in parts if part["name"][1:].isdigit()]) - 1
+    killed = local_cluster.tool("kill-node", str(newest_node))
+    assert killed.returncode == 0, killed.stderr
+    started = time.monotonic()
+    status = wait_for_job(local_cluster, "no-replacement", timeout_s=300)
+    assert status == "FAILED"
+    assert time.monotonic() - started < 240
+    logs = job_logs(local_cluster, "no-replacement")
+    assert "scaling.node_wait_s=20" in logs, logs[-3000:]
