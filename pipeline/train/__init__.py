@@ -4,15 +4,19 @@ May import: pipeline.config, pipeline.data, pipeline.tracking.
 
 Public names:
 - `driver`: `train` (start, resume or report a run), `fit_run` (what a Tune trial calls),
-  `TrainOutcome`, `NonFiniteLossError`.
+  `TrainOutcome`.
+- `connection`: joining the Ray cluster with the variables workers need; `connect`.
+- `failures`: worker and node failures; `failure_config`, `NonFiniteLossError`,
+  `WorkersNotPlacedError`.
 - `worker`: `train_loop_per_worker`, `train_one_epoch`, `LoopSettings`.
 - `validation`: exact validation inside the workers, counts summed over workers; `validate`.
 - `state`: the full training state in one checkpoint; `TrainingState` (`save`,
   `restored_from`), `read_progress`, `RunDescription`, `CHECKPOINT_FILE`.
-- `model`: `build_training_model`, `device_features` (AMP, channels_last, SyncBatchNorm).
+- `model`: `build_training_state`, `build_training_model`, `device_features` (AMP,
+  channels_last, SyncBatchNorm).
 - `run_folder`: `<storage>/<run name>/`, its `config.yaml`, `COMPLETE.json` and checkpoints;
   `default_run_name`, `storage_root`, `run_folder`, `stored_config`, `completed_summary`,
   `best_checkpoint`, `latest_checkpoint`.
 - `hooks`: extension points of the loop, installed by tests only; `TrainingHook`,
-  `LoopPosition`.
+  `LoopPosition`, `hooks_from_environment`.
 """
