@@ -9,6 +9,8 @@ Public names:
 - `failures`: worker and node failures; `failure_config`, `NonFiniteLossError`,
   `WorkersNotPlacedError`.
 - `worker`: `train_loop_per_worker`, `train_one_epoch`, `LoopSettings`.
+- `step`: one training step without Ray, shared by the worker and the GPU check;
+  `batch_to_device`, `forward_loss`, `optimisation_step`.
 - `validation`: exact validation inside the workers, counts summed over workers; `validate`.
 - `state`: the full training state in one checkpoint; `TrainingState` (`save`,
   `restored_from`), `read_progress`, `RunDescription`, `CHECKPOINT_FILE`.

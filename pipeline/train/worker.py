@@ -29,11 +29,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from apcnet.loss import segmentation_loss
 from pipeline.config.schema import ExperimentConfig
 from pipeline.train.hooks import LoopPosition, TrainingHook
 from pipeline.train.model import DeviceFeatures, build_training_state, device_features
 from pipeline.train.state import RunDescription, TrainingState, checkpoint_folder_name
+from pipeline.train.step import batch_to_device, forward_loss, optimisation_step
 from pipeline.train.validation import validate
 
 COMPLETED_STATUS = "completed"
@@ -166,19 +166,10 @@ def train_one_epoch(
         position = _position(settings, worker, epoch, iteration)
         for hook in settings.hooks:
             hook.before_step(position)
-        images, masks = _batch_to_device(batch, worker.device, features.channels_last)
-        with torch.autocast(
-            worker.device.type,
-            dtype=features.autocast_dtype,
-            enabled=features.autocast_dtype is not None,
-        ):
-            outputs = model(images)
-            loss = segmentation_loss(
-                outputs,
-                masks,
-                aux_weight=config.model.aux_loss_weight,
-                ignore_index=settings.description.ignore_index,
-            )
+        images, masks = batch_to_device(batch, worker.device, features.channels_last)
+        loss = forward_loss(
+            model, images, masks, features, config, settings.description.ignore_index
+        )
         for hook in settings.hooks:
             loss = hook.loss_computed(position, loss)
         # One all-reduce per step: the logged loss is the global mean, and every worker sees a
@@ -186,7 +177,7 @@ def train_one_epoch(
         global_loss = _all_reduce_mean(loss.detach().float())
         if not math.isfinite(global_loss):
             return EpochResult(math.nan, 0, iterations, 0.0, first_step, iteration)
-        _optimisation_step(state, loss, config.optimization.grad_clip_norm)
+        optimisation_step(state, loss, config.optimization.grad_clip_norm)
         first_step = first_step or time.time()
         loss_sum += global_loss
         iterations += 1
@@ -213,17 +204,6 @@ def _epoch_metrics(
         "epoch_time_s": result.seconds,
         "first_step_unix_s": first_step_unix_s,
     }
-
-
-def _optimisation_step(state: TrainingState, loss: torch.Tensor, clip_norm: float | None) -> None:
-    state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
-    if clip_norm is not None:
-        state.scaler.unscale_(state.optimizer)
-        nn.utils.clip_grad_norm_(state.model.parameters(), clip_norm)
-    state.scaler.step(state.optimizer)
-    state.scaler.update()
-    state.scheduler.step()
 
 
 def _validate(
@@ -275,17 +255,6 @@ def _position(settings: LoopSettings, worker: Worker, epoch: int, iteration: int
         iterations_per_epoch=settings.iterations_per_epoch,
         run_folder=settings.run_folder,
     )
-
-
-def _batch_to_device(
-    batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, 3, H, W) float32, masks (N, H, W) int64) on `device`."""
-    images = batch["image"].to(device, non_blocking=True)
-    masks = batch["mask"].to(device, dtype=torch.int64, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, masks
 
 
 def _all_reduce_mean(value: torch.Tensor) -> float:

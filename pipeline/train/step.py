@@ -1,0 +1,74 @@
+"""One training step, without Ray: batch to device, autocast forward and loss, optimiser step.
+
+The per-worker loop (`worker.py`, which needs Ray) and the GPU check (`benchmarks/gpu.py`,
+which runs where Ray is not installed) share these functions, so the check measures the step
+that training runs: the same autocast dtype, memory format, loss, loss scaler, gradient
+clipping and schedule. Nothing here imports Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from apcnet.loss import segmentation_loss
+from pipeline.config.schema import ExperimentConfig
+from pipeline.train.model import DeviceFeatures
+from pipeline.train.state import TrainingState
+
+
+def batch_to_device(
+    batch: Mapping[str, torch.Tensor], device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, 3, H, W) float32, masks (N, H, W) int64) on `device`, from a batch with
+    "image" and "mask"; images in channels_last memory format when asked."""
+    images = batch["image"].to(device, non_blocking=True)
+    masks = batch["mask"].to(device, dtype=torch.int64, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, masks
+
+
+def forward_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    features: DeviceFeatures,
+    config: ExperimentConfig,
+    ignore_index: int,
+) -> torch.Tensor:
+    """The scalar training loss of one batch: the model's forward and `segmentation_loss`
+    (main plus `config.model.aux_loss_weight` x auxiliary cross-entropy) under autocast with
+    `features.autocast_dtype` (fp32 when None).
+
+    `model` is the bare model or its DDP wrapper; images (N, 3, H, W), masks (N, H, W) int64
+    with `ignore_index` for unlabelled pixels, both on the model's device.
+    """
+    with torch.autocast(
+        images.device.type,
+        dtype=features.autocast_dtype,
+        enabled=features.autocast_dtype is not None,
+    ):
+        outputs = model(images)
+        return segmentation_loss(
+            outputs,
+            masks,
+            aux_weight=config.model.aux_loss_weight,
+            ignore_index=ignore_index,
+        )
+
+
+def optimisation_step(state: TrainingState, loss: torch.Tensor, clip_norm: float | None) -> None:
+    """Backward through `state.scaler` (a no-op scaler unless fp16), clip the gradient norm to
+    `clip_norm` when set, step the optimiser and the scaler, then advance the schedule one
+    iteration."""
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if clip_norm is not None:
+        state.scaler.unscale_(state.optimizer)
+        nn.utils.clip_grad_norm_(state.model.parameters(), clip_norm)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
