@@ -17,12 +17,10 @@ from pipeline.data.shards import FORMAT_VERSION, Manifest, ShardRow
 from pipeline.evaluate.model import InferenceError, plan_actor_pool
 from pipeline.evaluate.pictures import (
     IGNORE_COLOUR,
-    SamplePanel,
     colourise,
     confusion_figure,
     overlay,
     palette_png,
-    sample_grid,
 )
 from pipeline.evaluate.prediction import (
     PredictionRequest,
@@ -171,16 +169,6 @@ def test_overlay_blends_labelled_pixels_and_leaves_ignored_ones():
     blended = overlay(image, np.array([[1, 255]]), PALETTE, alpha=0.5)
     assert blended[0, 0].tolist() == [114, 82, 114]
     assert blended[0, 1].tolist() == [100, 100, 100]
-
-
-def test_sample_grid_puts_image_truth_and_prediction_side_by_side():
-    panel = SamplePanel(
-        np.zeros((10, 20, 3), dtype=np.uint8), np.ones((10, 20), int), np.full((10, 20), 2)
-    )
-    grid = sample_grid([panel, panel], PALETTE, tile_height=10, gap=2)
-    assert grid.shape == (22, 64, 3)
-    assert grid[0, 22].tolist() == list(PALETTE[1])
-    assert grid[0, 44].tolist() == list(PALETTE[2])
 
 
 def test_colourise_refuses_values_a_palette_cannot_hold():

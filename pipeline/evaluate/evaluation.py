@@ -311,4 +311,4 @@ def _sample_grid(request, inference: InferenceModel, manifest: Manifest) -> np.n
         prediction = predict_label_map(inference.model, sample.image, request.options)
         rgb = np.clip(np.rint(sample.image * std + mean), 0, 255).astype(np.uint8)
         panels.append(SamplePanel(rgb.transpose(1, 2, 0), sample.mask, prediction))
-    return sample_grid(panels, manifest.palette, manifest.ignore_index)
+    return sample_grid(panels, manifest.palette, manifest.class_names, manifest.ignore_index)

@@ -4,14 +4,22 @@ Pure functions from arrays to arrays (or to a matplotlib figure); writing files 
 them to MLflow happens in the callers.
 """
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 # Pixels labelled with the ignore index are drawn in this colour (the VOC border colour).
 IGNORE_COLOUR = (224, 224, 192)
+IGNORED_NAME = "ignored"
+COLUMN_TITLES = ("image", "ground truth", "prediction")
+# Up to this many classes the legend lists them all; beyond, only those in the pictures.
+LEGEND_ALL_CLASSES_UP_TO = 24
+FONT_SIZE = 14
+TEXT_COLOUR = (0, 0, 0)
+SWATCH_OUTLINE = (96, 96, 96)
 
 
 @dataclass(frozen=True)
@@ -89,16 +97,30 @@ def overlay(
 def sample_grid(
     panels: Sequence[SamplePanel],
     palette: Sequence[Sequence[int]],
+    class_names: Sequence[str],
     ignore_index: int = 255,
     tile_height: int = 160,
     gap: int = 4,
 ) -> np.ndarray:
-    """One row per sample: image | ground truth | prediction, each scaled to tile_height.
+    """A titled grid of samples with a legend: uint8 (H, W, 3) on a white background.
 
-    Returns uint8 (rows * tile_height + gaps, width, 3) on a white background.
+    Top to bottom: a title row ("image", "ground truth", "prediction", each centred over its
+    column); one row per sample, each tile scaled to tile_height and centred in a column as
+    wide as its widest tile or its title; a legend of colour swatches and class names, wrapped
+    into as many rows as the width needs.
+
+    The legend lists every class of the palette when there are at most
+    LEGEND_ALL_CLASSES_UP_TO; with more (ADE20K's 150) it lists only the classes that appear in
+    the shown ground truths or predictions, under a note "classes shown: n of N". "ignored"
+    (IGNORE_COLOUR) is listed when ignored pixels are shown. Names too wide for the grid are
+    cut with "...".
+    Raises ValueError when panels is empty or class_names and palette differ in length.
     """
     if not panels:
         raise ValueError("a sample grid needs at least one sample")
+    if len(class_names) != len(palette):
+        raise ValueError(f"{len(class_names)} class names for a palette of {len(palette)} colours")
+    font = _font()
     rows = []
     for panel in panels:
         tiles = [
@@ -107,16 +129,116 @@ def sample_grid(
             colourise(panel.prediction, palette, ignore_index),
         ]
         rows.append([_scale_to_height(tile, tile_height) for tile in tiles])
-    width = max(sum(tile.shape[1] for tile in row) + gap * 2 for row in rows)
-    height = len(rows) * tile_height + gap * (len(rows) - 1)
-    grid = np.full((height, width, 3), 255, dtype=np.uint8)
+    column_widths = [
+        max(max(row[column].shape[1] for row in rows), _text_width(title, font) + 2 * gap)
+        for column, title in enumerate(COLUMN_TITLES)
+    ]
+    lefts = [sum(column_widths[:column]) + gap * column for column in range(len(column_widths))]
+    width = lefts[-1] + column_widths[-1]
+
+    body = np.full((len(rows) * (tile_height + gap), width, 3), 255, dtype=np.uint8)
     for row_index, row in enumerate(rows):
         top = row_index * (tile_height + gap)
-        left = 0
-        for tile in row:
-            grid[top : top + tile_height, left : left + tile.shape[1]] = tile
-            left += tile.shape[1] + gap
-    return grid
+        for left, column_width, tile in zip(lefts, column_widths, row, strict=True):
+            start = left + (column_width - tile.shape[1]) // 2
+            body[top : top + tile_height, start : start + tile.shape[1]] = tile
+
+    titles = _text_canvas(width, _line_height(font) + gap)
+    draw = ImageDraw.Draw(titles)
+    for left, column_width, title in zip(lefts, column_widths, COLUMN_TITLES, strict=True):
+        x = left + (column_width - _text_width(title, font)) // 2
+        draw.text((x, 0), title, fill=TEXT_COLOUR, font=font)
+
+    entries, note = _legend_entries(panels, palette, class_names, ignore_index)
+    legend = _legend(entries, note, width, font, gap)
+    return np.concatenate([np.asarray(titles), body, legend])
+
+
+def _legend_entries(
+    panels: Sequence[SamplePanel],
+    palette: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    ignore_index: int,
+) -> tuple[list[tuple[tuple[int, int, int], str]], str | None]:
+    """The legend's (colour, name) entries and its note (None when every class is listed)."""
+    masks = [mask for panel in panels for mask in (panel.ground_truth, panel.prediction)]
+    shown = set(np.unique(np.concatenate([np.unique(mask) for mask in masks])).tolist())
+    classes = [index for index in range(len(class_names)) if index != ignore_index]
+    note = None
+    if len(class_names) > LEGEND_ALL_CLASSES_UP_TO:
+        classes = [index for index in classes if index in shown]
+        note = f"classes shown: {len(classes)} of {len(class_names)}"
+    # The colours the tiles are painted with, so that a swatch matches its pixels exactly.
+    table = colour_table(palette, ignore_index)
+    entries = [(tuple(table[index].tolist()), class_names[index]) for index in classes]
+    if 0 <= ignore_index < 256 and ignore_index in shown:
+        entries.append((IGNORE_COLOUR, IGNORED_NAME))
+    return entries, note
+
+
+def _legend(
+    entries: Sequence[tuple[tuple[int, int, int], str]],
+    note: str | None,
+    width: int,
+    font,
+    gap: int,
+) -> np.ndarray:
+    """uint8 (H, width, 3): an optional note line, then one cell per entry (a swatch and the
+    name), cells of equal width laid out row by row, as many rows as needed."""
+    line = _line_height(font)
+    glyph_top = font.getbbox("Ag")[1]
+    swatch = max(1, line - glyph_top)
+    name_width = max(1, width - swatch - gap)
+    names = [_fit_text(name, font, name_width) for _, name in entries]
+    cell = min(width, max((_text_width(name, font) for name in names), default=0) + swatch + gap)
+    # Cells three gaps apart, so that a name is not read as the next swatch's.
+    per_row = max(1, (width + 3 * gap) // (cell + 3 * gap))
+    legend_rows = -(-len(entries) // per_row)
+    top = line + gap if note is not None else 0
+    canvas = _text_canvas(width, top + legend_rows * (line + gap))
+    draw = ImageDraw.Draw(canvas)
+    if note is not None:
+        draw.text((0, 0), _fit_text(note, font, width), fill=TEXT_COLOUR, font=font)
+    for index, ((colour, _), name) in enumerate(zip(entries, names, strict=True)):
+        row, column = divmod(index, per_row)
+        x = column * (cell + 3 * gap)
+        y = top + row * (line + gap)
+        box = (x, y + glyph_top, x + swatch - 1, y + glyph_top + swatch - 1)
+        draw.rectangle(box, fill=colour, outline=SWATCH_OUTLINE)
+        draw.text((x + swatch + gap, y), name, fill=TEXT_COLOUR, font=font)
+    return np.asarray(canvas)
+
+
+@functools.cache
+def _font():
+    """Pillow's built-in font (no font file needed), at FONT_SIZE where Pillow can scale it."""
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except TypeError:  # Pillow 10.0: a fixed-size bitmap font only
+        return ImageFont.load_default()
+
+
+def _line_height(font) -> int:
+    return int(font.getbbox("Ag")[3])
+
+
+def _text_width(text: str, font) -> int:
+    return int(np.ceil(font.getlength(text)))
+
+
+def _fit_text(text: str, font, max_width: int) -> str:
+    """text, or its longest prefix followed by "..." that fits in max_width pixels."""
+    if _text_width(text, font) <= max_width:
+        return text
+    for end in range(len(text) - 1, 0, -1):
+        cut = text[:end].rstrip() + "..."
+        if _text_width(cut, font) <= max_width:
+            return cut
+    return "..."
+
+
+def _text_canvas(width: int, height: int) -> Image.Image:
+    return Image.new("RGB", (width, height), (255, 255, 255))
 
 
 def _scale_to_height(tile: np.ndarray, height: int) -> np.ndarray:
