@@ -9,7 +9,6 @@ reaches them through the job's runtime_env, which is what these tests prove. Run
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -28,16 +27,7 @@ from pipeline.evaluate.model import load_project_checkpoint
 from pipeline.evaluate.testtime import TestTimeOptions
 from pipeline.train.run_folder import latest_checkpoint
 
-# Skipped until fixed: in the clean-clone suite run of 2026-11-30 every test that uses the
-# node_loss_run fixture errored (cause not yet read; run alone before that, the same job
-# resumed on the replacement node and succeeded). See the session's closing note.
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skip(reason="cluster-path module errors in the full suite; issue 12 open"),
-]
-
-JOB_STATUS = re.compile(r"Status for job '[^']+': (?:JobStatus\.)?([A-Z]+)")
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+pytestmark = pytest.mark.slow
 
 TINY_RUN = (
     "data.augmentation.crop_size=[32, 32]",
@@ -115,11 +105,16 @@ def submit_training(
 
 
 def job_status(cluster: LocalCluster, job_id: str) -> str:
-    """The job's status word, from `ray job status` ("Status for job 'x': SUCCEEDED"; Ray 2.60
-    prints the enum as JobStatus.SUCCEEDED, on stdout or stderr, maybe coloured)."""
-    result = cluster.run(["ray", "job", "status", job_id], timeout=60)
-    found = JOB_STATUS.search(ANSI_ESCAPE.sub("", result.stdout + result.stderr))
-    return found.group(1) if found else "UNKNOWN"
+    """The job's status from Ray's Job SDK (the CLI's wording changes between states and
+    versions: "Status for job ..." while it runs, "Job 'x' succeeded" once it ended)."""
+    script = (
+        "import sys\n"
+        "from ray.job_submission import JobSubmissionClient\n"
+        "print(JobSubmissionClient().get_job_status(sys.argv[1]).value)\n"
+    )
+    result = cluster.run([sys.executable, "-c", script, job_id], timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip().splitlines()[-1]
 
 
 def wait_for_job(cluster: LocalCluster, job_id: str, timeout_s: float = 600) -> str:
@@ -189,6 +184,21 @@ def wait_for_epoch(cluster: LocalCluster, name: str, epoch: int, timeout_s: floa
     raise AssertionError(f"epoch {epoch} of {name} never reached MLflow")
 
 
+def wait_for_registered_checkpoint(cluster: LocalCluster, name: str, timeout_s: float = 120) -> str:
+    """The run's latest checkpoint in the bucket, as Ray's record names it, once there is one."""
+    deadline = time.monotonic() + timeout_s
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in cluster.exports.items():
+            if key.startswith("AWS_"):
+                patch.setenv(key, value)
+        while time.monotonic() < deadline:
+            try:
+                return latest_checkpoint(name, f"s3://{cluster.bucket}/runs")
+            except FileNotFoundError:
+                time.sleep(1)
+    raise AssertionError(f"no checkpoint of {name} registered within {timeout_s} s")
+
+
 # ------------------------------------------------------------------------------ fixtures
 
 
@@ -212,6 +222,9 @@ def node_loss_run(local_cluster: LocalCluster, shards, tmp_path_factory) -> dict
     submitted = submit_training(local_cluster, "lost-node", home)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     wait_for_epoch(local_cluster, "lost-node", 1)
+    # Resume starts from the checkpoint Ray has registered; an epoch logged but not yet
+    # registered is replayed (and skipped by the tracker). Kill once the bucket has one.
+    wait_for_registered_checkpoint(local_cluster, "lost-node")
     workers_before = worker_nodes(local_cluster)
     killed = local_cluster.tool("kill-node", "2")
     assert killed.returncode == 0, killed.stderr
@@ -219,9 +232,12 @@ def node_loss_run(local_cluster: LocalCluster, shards, tmp_path_factory) -> dict
     assert added.returncode == 0, added.stderr
     replacement = alive_nodes(local_cluster) - nodes_before
     status = wait_for_job(local_cluster, "lost-node")
+    logs = job_logs(local_cluster, "lost-node")
+    # Kept for reading after a failure: the job's log is long (Ray Data's progress output).
+    (tmp_path_factory.getbasetemp() / "lost-node.log").write_text(logs)
     return {
         "status": status,
-        "logs": job_logs(local_cluster, "lost-node"),
+        "logs": logs,
         "home": home,
         "workers_before": workers_before,
         "workers_after": worker_nodes(local_cluster),
@@ -238,14 +254,20 @@ def test_training_with_every_path_on_s3_survives_a_lost_node(node_loss_run):
     assert len(node_loss_run["replacement"]) == 1
     # Resumed from the bucket on the new node (Ray's State API, not the project's tag).
     assert node_loss_run["replacement"] <= node_loss_run["workers_after"]
-    assert "resuming lost-node after epoch" in node_loss_run["logs"]
+    resumed = [line for line in node_loss_run["logs"].splitlines() if "resum" in line.lower()]
+    assert any("resuming lost-node after epoch" in line for line in resumed), (
+        resumed,
+        [line for line in node_loss_run["logs"].splitlines() if "epoch" in line][-30:],
+    )
 
 
 def test_every_epoch_reaches_mlflow_exactly_once_with_artifacts_in_the_bucket(
     local_cluster, node_loss_run
 ):
-    for key in ("train_loss", "val_miou"):
-        assert metric_steps(local_cluster, "lost-node", key) == [1, 2, 3], key
+    assert metric_steps(local_cluster, "lost-node", "train_loss") == [1, 2, 3]
+    # Validation runs every evaluation.every_epochs epochs and after the last one.
+    validated = metric_steps(local_cluster, "lost-node", "val_miou")
+    assert validated == sorted(set(validated)) and validated[-1] == 3, validated
     _, run = mlflow_run(local_cluster, "lost-node")
     assert run.info.status == "FINISHED"
     assert "apcnet.worker_nodes" in run.data.tags
@@ -354,8 +376,8 @@ def test_a_shard_write_killed_midway_on_s3_is_refused_by_name(local_cluster, mon
 def test_a_tracking_outage_loses_no_epoch_and_without_a_replacement_node_the_job_fails_in_time(
     local_cluster, node_loss_run, tmp_path
 ):
-    # The tracking server stops after epoch 1 reached it and comes back 45 s later (longer than
-    # a tiny epoch on a quiet machine): the epochs logged meanwhile are retried, not lost.
+    # The tracking server stops after epoch 1 reached it and comes back 30 s later (longer than
+    # a tiny epoch): the epochs logged meanwhile are retried, not lost.
     submitted = submit_training(
         local_cluster,
         "no-replacement",
@@ -367,7 +389,7 @@ def test_a_tracking_outage_loses_no_epoch_and_without_a_replacement_node_the_job
     wait_for_epoch(local_cluster, "no-replacement", 1)
     stopped = local_cluster.tool("stop-tracking")
     assert stopped.returncode == 0, stopped.stderr
-    time.sleep(45)
+    time.sleep(30)
     started = local_cluster.tool("start-tracking")
     assert started.returncode == 0, started.stderr
     wait_for_epoch(local_cluster, "no-replacement", 3)
@@ -376,7 +398,7 @@ def test_a_tracking_outage_loses_no_epoch_and_without_a_replacement_node_the_job
 
     # Then the last worker node goes, and none replaces it.
     parts = json.loads((local_cluster.directory / "state.json").read_text())["parts"]
-    newest_node = len([part for part in parts if part["name"][1:].isdigit()]) - 1
+    newest_node = max(int(part["name"][1:]) for part in parts if part["name"][0] == "n")
     killed = local_cluster.tool("kill-node", str(newest_node))
     assert killed.returncode == 0, killed.stderr
     killed_at = time.monotonic()
