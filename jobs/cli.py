@@ -1,15 +1,20 @@
-"""What the jobs share: their option groups, `--debug`, and `run_job`, which reports a user
-error as one line.
+"""What the jobs share: their option groups, `--debug`, `--verbose`, and `run_job`, which
+reports a user error as one line.
 
 Every job ends with `sys.exit(run_job(main))`. A mistake the user can fix (a
 `pipeline.errors.UserError`, or an `apcnet.checkpoint.CheckpointError`) prints one line,
 `error: <message>`, on stderr and exits with code 2, the code argparse uses for a bad option;
 `--debug` adds the traceback. Any other exception is a bug and keeps its traceback.
+
+The console shows the job's own lines (a header, progress bars, results) and Ray's warnings
+and errors; `--verbose` brings back Ray's own INFO logs and progress bars, in the driver and
+in every Ray process of the job (`pipeline.train.console`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import UserError
+from pipeline.train.console import VERBOSE_VARIABLE  # imports no Ray: options stay fast
 
 if TYPE_CHECKING:
     from pipeline.evaluate.testtime import TestTimeOptions
@@ -25,16 +31,18 @@ USER_ERROR = 2
 TRAINING_DIVERGED = 1
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 DEBUG_FLAG = "--debug"
+VERBOSE_FLAG = "--verbose"
 CHECKPOINT_HELP = "checkpoint file or Ray checkpoint folder"
 
 
 def job_parser(docstring: str) -> argparse.ArgumentParser:
     """An argument parser whose --help shows the job's docstring (its usage examples), with
-    the --debug flag every job has."""
+    the --debug and --verbose flags every job has."""
     parser = argparse.ArgumentParser(
         description=docstring, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_debug_argument(parser)
+    add_verbose_argument(parser)
     return parser
 
 
@@ -42,6 +50,15 @@ def add_debug_argument(parser: argparse.ArgumentParser) -> None:
     """--debug: show the traceback of a user error too."""
     parser.add_argument(
         DEBUG_FLAG, action="store_true", help="show the traceback of an error, not only its line"
+    )
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    """--verbose: Ray's own logs and progress bars on the console too."""
+    parser.add_argument(
+        VERBOSE_FLAG,
+        action="store_true",
+        help="show Ray's own logs and progress bars too (Train, Data, Tune, core)",
     )
 
 
@@ -54,6 +71,9 @@ def run_job(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
     exceptions propagate with their traceback; argparse exits with 2 on a bad option itself.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if _flags_requested(argv).verbose:
+        # Before main starts Ray: the driver and every Ray process of the job read it.
+        os.environ[VERBOSE_VARIABLE] = "1"
     try:
         return main(argv) or 0
     except KeyboardInterrupt:
@@ -84,19 +104,20 @@ def _is_instance(error: Exception, module: str, class_name: str) -> bool:
 
 
 def _report(line: str, code: int, argv: list[str]) -> int:
-    if _debug_requested(argv):
+    if _flags_requested(argv).debug:
         traceback.print_exc()
     print(line, file=sys.stderr)
     return code
 
 
-def _debug_requested(argv: list[str]) -> bool:
-    """Whether argv holds --debug, read the way the job's own parser reads it (abbreviations
-    included); the job's parser has already accepted argv, so the other options are valid."""
+def _flags_requested(argv: list[str]) -> argparse.Namespace:
+    """--debug and --verbose as in argv, read the way the job's own parser reads them
+    (abbreviations included; the job's parser accepts or refuses the rest of argv)."""
     parser = argparse.ArgumentParser(add_help=False)
     add_debug_argument(parser)
+    add_verbose_argument(parser)
     known, _ = parser.parse_known_args(argv)
-    return known.debug
+    return known
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default: Path, name_help: str) -> None:

@@ -8,6 +8,10 @@ With no arguments it trains the embedded default: the synthetic data set, the sm
 APCNet, two CPU workers, the local MLflow store. A new run is named
 `<config stem>-<YYYYmmdd-HHMMSS>`; naming an unfinished run resumes it, naming a finished one
 says so and exits 0. Works the same under `ray job submit --working-dir . -- python jobs/train.py`.
+
+The console: a header (run, data, model, workers and their nodes, MLflow and how to open its
+UI), a progress bar over each epoch's iterations, one line per epoch, the summary.
+`--verbose` adds Ray's own logs.
 """
 
 import sys
@@ -19,6 +23,8 @@ import argparse
 
 from jobs.cli import add_config_arguments, job_parser, run_job
 from pipeline.config.schema import load_config
+from pipeline.tracking.runs import ui_command
+from pipeline.train.console import RunStart, labelled
 from pipeline.train.driver import TrainOutcome, train
 from pipeline.train.run_folder import default_run_name, storage_root, stored_config
 
@@ -31,6 +37,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser, DEFAULT_CONFIG, name_help="run name; an existing unfinished run is resumed"
     )
     return parser.parse_args(argv)
+
+
+def print_header(start: RunStart) -> None:
+    """What the run is about to do; the workers' nodes follow once they are placed."""
+    state = (
+        f"resumed after epoch {start.resumed_after_epoch}" if start.resumed_after_epoch else "new"
+    )
+    print(labelled("run", f"{start.run_name} ({state}), folder {start.run_folder}"))
+    sizes = ", ".join(f"{split} {rows}" for split, rows in start.split_rows.items())
+    print(labelled("data", f"{start.dataset}: {sizes} images, {start.num_classes} classes"))
+    print(labelled("", start.data_path))
+    print(labelled("model", start.model))
+    print(
+        labelled(
+            "training",
+            f"{_count(start.epochs, 'epoch')} x {_count(start.iterations_per_epoch, 'iteration')}, "
+            f"global batch {start.global_batch_size}",
+        )
+    )
+    resources = ", ".join(
+        f"{name} {amount:g}" for name, amount in start.resources_per_worker.items()
+    )
+    device = "GPU" if start.use_gpu else "CPU"
+    print(labelled("workers", f"{start.num_workers} {device} workers, each {resources}"))
+    if start.tracking_uri is None:
+        print(labelled("MLflow", "off (tracking.enabled: false)"))
+    else:
+        print(labelled("MLflow", f"{start.tracking_uri}, experiment {start.experiment}"))
+        print(labelled("", ui_command(start.tracking_uri)))
 
 
 def print_summary(outcome: TrainOutcome) -> None:
@@ -52,6 +87,10 @@ def print_summary(outcome: TrainOutcome) -> None:
         print(f"  MLflow run id            {outcome.mlflow_run_id}")
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -65,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.name and not args.config and not args.overrides:
         # Naming an existing run alone resumes it with the config it was started with.
         config = stored_config(run_name, storage_root(config)) or config
-    print_summary(train(config, run_name))
+    print_summary(train(config, run_name, on_start=print_header))
     return 0
 
 

@@ -3,6 +3,8 @@
 Each test names the function to recheck when an upgrade of Ray makes it fail.
 """
 
+import re
+
 import numpy as np
 import pytest
 import ray
@@ -41,3 +43,21 @@ def test_each_pass_over_a_dataset_sees_the_next_pass_index_inside_its_tasks(ray_
     )
     seen = [sorted({row["seen"] for row in dataset.take_all()}) for _ in range(3)]
     assert seen == [[0], [1], [2]], f"passes saw {seen}; {RECHECK_PASSES}"
+
+
+RECHECK_LINE_FILTER = (
+    "recheck pipeline.train.console._drop_forwarded_lines (written against Ray 2.60.0) for "
+    "this Ray version: the quiet console drops Ray's PreemptionWatcher false alarm through it"
+)
+
+
+def test_the_driver_drops_forwarded_lines_matching_a_deduplicators_skip_pattern():
+    from ray._private import ray_logging
+
+    for deduplicator in (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator):
+        assert hasattr(deduplicator, "skip_re"), RECHECK_LINE_FILTER
+    deduplicator = ray_logging.LogDeduplicator(5, None, None)
+    deduplicator.skip_re = re.compile("a false alarm")
+    batch = {"ip": "127.0.0.1", "pid": 7, "lines": ["a real line", "[E] a false alarm here"]}
+    printed = [line for out in deduplicator.deduplicate(batch) for line in out["lines"]]
+    assert printed == ["a real line"], RECHECK_LINE_FILTER

@@ -27,7 +27,14 @@ from pipeline.train.run_folder import (
 )
 from pipeline.train.state import read_progress
 
-EPOCH_METRICS = ("train_loss", "lr", "images_per_s", "epoch_time_s")
+EPOCH_METRICS = (
+    "train_loss",
+    "lr",
+    "images_per_s",
+    "epoch_time_s",
+    "data_wait_s",
+    "data_wait_fraction",
+)
 
 
 class FinishedRun(NamedTuple):
@@ -65,6 +72,24 @@ def test_two_workers_finish_every_epoch(finished_run):
 def test_mlflow_has_every_epoch_metric_exactly_once(finished_run):
     for key in (*EPOCH_METRICS, "val_miou", "val_pixel_accuracy", "val_iou/sky"):
         assert metric_steps(finished_run.config, "tiny", key) == [1, 2], key
+
+
+@pytest.mark.slow
+def test_each_epoch_logs_the_share_of_its_train_time_spent_waiting_for_data(finished_run):
+    client = mlflow.MlflowClient(tracking_uri=finished_run.config.tracking.tracking_uri)
+    run_id = finished_run.outcome.mlflow_run_id
+
+    def per_epoch(key: str) -> dict[int, float]:
+        return {metric.step: metric.value for metric in client.get_metric_history(run_id, key)}
+
+    wait, fraction, epoch_time = (
+        per_epoch(key) for key in ("data_wait_s", "data_wait_fraction", "epoch_time_s")
+    )
+    assert sorted(wait) == sorted(fraction) == sorted(epoch_time) == [1, 2]
+    for epoch in (1, 2):
+        assert 0.0 <= fraction[epoch] <= 1.0
+        assert 0.0 <= wait[epoch] <= epoch_time[epoch]
+        assert fraction[epoch] == pytest.approx(wait[epoch] / epoch_time[epoch], rel=1e-6)
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ May import: nothing else in pipeline.
 
 Public names:
 - `schema`: `ExperimentConfig` and its sections, `load_config`, `config_from_dict`,
-  `config_to_dict`, `config_to_yaml`, `flatten_config`, `validate_config`.
+  `config_to_dict`, `config_to_yaml`, `flatten_config`, `changed_keys`, `validate_config`.
 - `typed`: the generic typed-dataclass loader behind it; `ConfigError`, `load_yaml`.
 - `augmentation`: the `data.augmentation` section, `AugmentationConfig`.
 - `search`: the `tune` section, `TuneSection`, `SearchSpaceSection`, `AshaSection`,

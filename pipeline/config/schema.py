@@ -31,6 +31,7 @@ __all__ = [
     "AugmentationConfig",
     "ConfigError",
     "ExperimentConfig",
+    "changed_keys",
     "config_from_dict",
     "config_to_dict",
     "config_to_yaml",
@@ -236,6 +237,12 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def config_to_yaml(config: Any) -> str:
     """The resolved config as YAML text, in field order (loads back to an equal config)."""
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def changed_keys(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
+    """The dotted keys of `new` whose values differ in `old`."""
+    before, after = flatten_config(old), flatten_config(new)
+    return [key for key in after if before.get(key) != after[key]]
 
 
 def flatten_config(config: Any) -> dict[str, str]:

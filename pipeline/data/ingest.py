@@ -44,7 +44,7 @@ import numpy as np
 import ray
 import ray.data
 import ray.train
-from ray.data import DataContext, RandomSeedConfig
+from ray.data import DataContext, ExecutionOptions, RandomSeedConfig
 
 from pipeline.config.augmentation import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.data.shards import Manifest
@@ -345,9 +345,8 @@ class SegmentationDataConfig(ray.train.DataConfig):
     the same number of rows per epoch, a few rows may be dropped, which keeps DDP steps in
     lockstep). Every other dataset is streamed with `equal=False`, so across all workers
     each row is read exactly once: no row dropped or repeated to even out the shards, as
-    exact metrics need. Workers may then receive different numbers of rows. Like Ray's
-    default config, every dataset gets `default_ingest_options()` and the workers' nodes as
-    locality hints.
+    exact metrics need. Workers may then receive different numbers of rows. Every dataset
+    gets `ingest_options()` and the workers' nodes as locality hints.
     """
 
     def __init__(self, train_split_names: Sequence[str] = TRAIN_SPLIT_NAMES) -> None:
@@ -367,15 +366,31 @@ class SegmentationDataConfig(ray.train.DataConfig):
             if dataset.name is None:
                 dataset.set_name(name)
             dataset = dataset.copy(dataset)
-            # What Ray's own configure() resolves to when no options are given; read through
-            # the public `default_ingest_options`, not DataConfig's private resolver.
-            dataset.context.execution_options = self.default_ingest_options()
+            dataset.context.execution_options = ingest_options()
             splits = dataset.streaming_split(
                 world_size, equal=name in self.train_split_names, locality_hints=worker_node_ids
             )
             for rank, split_iterator in enumerate(splits):
                 output[rank][name] = split_iterator
         return output
+
+
+def ingest_options() -> ExecutionOptions:
+    """Ray Data's options for streaming into Ray Train: those of the current DataContext (in
+    Ray Train's dataset manager, the driver's), as Ray's `DataConfig.default_ingest_options`
+    gives them, but built without `exclude_resources`.
+
+    Ray 2.60's `default_ingest_options` copies the context's `exclude_resources` into the new
+    options through the setter Ray has deprecated, which warns on every training start.
+    Ray Train V2 never sets that field (it stays zero unless a user sets it, itself
+    deprecated), so leaving it out builds the same options without the warning.
+    """
+    current = DataContext.get_current().execution_options
+    return ExecutionOptions(
+        resource_limits=current.resource_limits,
+        preserve_order=current.preserve_order,
+        verbose_progress=current.verbose_progress,
+    )
 
 
 def data_config(train_split_name: str = "train") -> SegmentationDataConfig:

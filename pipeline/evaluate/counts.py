@@ -152,10 +152,14 @@ def count_split_distributed(
     ignore_index: int,
     pool: ActorPoolPlan,
     batch_size: int = 1,
+    total_images: int | None = None,
 ) -> SplitCounts:
     """Counts over a Ray Dataset of samples (columns id, image, mask), computed on an actor
-    pool of `pool.actors` model actors and summed on the driver."""
+    pool of `pool.actors` model actors and summed on the driver, with a progress bar over
+    the images (of `total_images`, when known) on the driver's console."""
     import ray
+
+    from pipeline.train.console import progress_over
 
     model_ref = ray.put(model.cpu().eval())
     # Blocks of `batch_size` rows (streaming, no shuffle): a block goes to one actor, so small
@@ -178,10 +182,16 @@ def count_split_distributed(
         num_gpus=pool.num_gpus or None,
     )
     totals = SplitCounts.empty(num_classes)
-    for batch in counted.iter_batches(batch_format="numpy", batch_size=64):
+    # Blocks as the actors finish them (`batch_size=None`), so the bar moves with each one.
+    batches = counted.iter_batches(batch_format="numpy", batch_size=None)
+    for batch in progress_over(batches, total_images, "evaluating", "img", _rows):
         for image_id, counts, confusion in zip(
             batch["id"], batch["counts"], batch["confusion"], strict=True
         ):
             totals.add(str(image_id), counts, confusion)
         totals.workers.update(str(worker) for worker in batch["worker"])
     return totals
+
+
+def _rows(batch: dict[str, np.ndarray]) -> int:
+    return len(batch["id"])

@@ -186,12 +186,13 @@ def format_table(class_names: tuple[str, ...], counts: SplitCounts, scores) -> s
 def evaluate(request: EvaluationRequest) -> EvaluationReport:
     """Evaluate as `request` says; see the module docstring. Starts Ray locally unless
     connected already (RAY_ADDRESS selects a cluster)."""
-    import ray
+    from pipeline.train.connection import connect
+    from pipeline.train.console import quiet_this_process
 
     started = time.perf_counter()
+    quiet_this_process()  # already for --run's lookup, which reads Ray Train's run record
     inference, manifest = load_evaluation_model(request)
-    if not ray.is_initialized():
-        ray.init()
+    connect()
     pool = plan_actor_pool(request.actors, request.cpus_per_actor)
     from pipeline.data.ingest import eval_dataset
 
@@ -206,6 +207,7 @@ def evaluate(request: EvaluationRequest) -> EvaluationReport:
             manifest.ignore_index,
             pool,
             request.batch_size,
+            total_images=manifest.splits[request.split].rows,
         )
         scores = counts.scores()
         metrics = evaluation_metrics(request.split, manifest.class_names, scores)

@@ -163,6 +163,16 @@ def input_dataset(request: PredictionRequest):
     return shards.map_batches(_name_from_id, batch_format="numpy")
 
 
+def count_inputs(request: PredictionRequest) -> int:
+    """How many images `input_dataset(request)` holds."""
+    location = Path(request.input).expanduser()
+    if location.is_dir() and not (location / "manifest.json").exists():
+        return len(list_images(location))
+    from pipeline.data.shards import load_manifest
+
+    return load_manifest(request.input, verify=False).splits[request.split].rows
+
+
 def _name_from_path(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = [Path(str(path)).stem for path in batch["path"]]
     return {"name": np.asarray(names), "bytes": batch["bytes"]}
@@ -178,13 +188,15 @@ def predict(request: PredictionRequest) -> PredictionReport:
     """Write a palette mask (and an overlay) for every input image; see the module docstring."""
     import ray
 
+    from pipeline.train.connection import connect
+    from pipeline.train.console import progress_over
+
     started = time.perf_counter()
     inference: InferenceModel = load_project_checkpoint(request.checkpoint)
     if request.batch_size < 1:
         raise InferenceError(f"--batch-size must be at least 1, got {request.batch_size}")
     output = Path(request.output).expanduser().resolve()
-    if not ray.is_initialized():
-        ray.init()
+    connect()
     dataset = input_dataset(request)
     (output / OVERLAY_FOLDER if request.overlay else output).mkdir(parents=True, exist_ok=True)
     pool = plan_actor_pool(request.actors, request.cpus_per_actor)
@@ -210,7 +222,10 @@ def predict(request: PredictionRequest) -> PredictionReport:
         num_gpus=pool.num_gpus or None,
     )
     sizes = {}
-    for batch in written.iter_batches(batch_format="numpy", batch_size=256):
+    # Blocks as the actors finish them (`batch_size=None`), so the bar moves with each one.
+    batches = written.iter_batches(batch_format="numpy", batch_size=None)
+    total = count_inputs(request)
+    for batch in progress_over(batches, total, "predicting", "img", lambda b: len(b["name"])):
         for name, height, width in zip(batch["name"], batch["height"], batch["width"], strict=True):
             sizes[str(name)] = (int(height), int(width))
     return PredictionReport(str(output), sizes, time.perf_counter() - started)

@@ -4,7 +4,7 @@ May import: pipeline.config.
 
 Public names:
 - `runs`: `RunTracker` (open or reopen a run by name, log without duplicate steps),
-  `find_run`, `child_runs`, `resolve_tracking`.
+  `find_run`, `child_runs`, `resolve_tracking`, `ui_command` (how to open the MLflow UI).
 - `lookup`: the one run search, every page (`search_runs`), and its filters
   (`run_name_query`, `children_query`).
 - `tags`: every MLflow tag name the project reads or writes (`RUN_NAME_TAG`, `KIND_TAG`, ...).

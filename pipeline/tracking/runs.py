@@ -65,6 +65,14 @@ def resolve_tracking(tracking_uri: str | None, experiment: str | None) -> tuple[
     return _absolute_sqlite_uri(uri), name
 
 
+def ui_command(tracking_uri: str) -> str:
+    """How a person opens the MLflow UI on `tracking_uri`: a server's address, or the
+    `mlflow ui` command that serves a local store (then http://127.0.0.1:5000)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri} in a browser"
+    return f"mlflow ui --backend-store-uri {tracking_uri}   # then http://127.0.0.1:5000"
+
+
 def sanitize_key(key: str) -> str:
     """A metric or parameter name MLflow accepts: runs of refused characters become "_".
 

@@ -5,7 +5,11 @@ May import: pipeline.config, pipeline.data, pipeline.tracking.
 Public names:
 - `driver`: `train` (start, resume or report a run), `fit_run` (what a Tune trial calls),
   `TrainOutcome`.
-- `connection`: joining the Ray cluster with the variables workers need; `connect`.
+- `connection`: joining the Ray cluster with the variables workers need; `connect`,
+  `init_arguments`.
+- `console`: what the jobs and their Ray processes print, quiet unless `--verbose`
+  (`APCNET_VERBOSE`); `quiet_this_process`, `variables_for_workers`, `epoch_bar`,
+  `progress_over`, `RunStart` (the training header), `labelled`.
 - `failures`: worker and node failures; `failure_config`, `NonFiniteLossError`,
   `WorkersNotPlacedError`.
 - `worker`: `train_loop_per_worker`, `train_one_epoch`, `LoopSettings`.
@@ -18,7 +22,7 @@ Public names:
   channels_last, SyncBatchNorm).
 - `run_folder`: `<storage>/<run name>/`, its `config.yaml`, `COMPLETE.json` and checkpoints;
   `default_run_name`, `storage_root`, `run_folder`, `stored_config`, `completed_summary`,
-  `best_checkpoint`, `latest_checkpoint`.
+  `best_checkpoint`, `latest_checkpoint`, `last_completed_epoch`.
 - `hooks`: extension points of the loop, installed by tests only; `TrainingHook`,
   `LoopPosition`, `hooks_from_environment`.
 """

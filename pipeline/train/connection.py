@@ -2,44 +2,57 @@
 
 Workers on other nodes do not share the driver's environment, and Ray Train forwards only
 `RAY_TRAIN_*` variables to its controller and workers. The object-store endpoint and
-credentials (`AWS_*`, `GOOGLE_*`) and the MLflow settings (`MLFLOW_*`) therefore travel in the
-job's runtime_env: from `ray job submit --runtime-env-json '{"env_vars": {...}}'`, and for a
-driver started by hand (`RAY_ADDRESS=... python jobs/train.py`) from its own environment.
+credentials (`AWS_*`, `GOOGLE_*`), the MLflow settings (`MLFLOW_*`) and the console settings
+(`pipeline.train.console`) therefore travel in the job's runtime_env: from `ray job submit
+--runtime-env-json '{"env_vars": {...}}'`, and for a driver started by hand
+(`RAY_ADDRESS=... python jobs/train.py`) from its own environment.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import ray
 from ray.job_config import JobConfig
+
+from pipeline.train import console
 
 FORWARDED_PREFIXES = ("AWS_", "GOOGLE_", "MLFLOW_")
 # Set by Ray's job manager in a submitted job's driver: the job's runtime_env.
 SUBMITTED_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
-def connect() -> None:
+def connect(**init_options: Any) -> None:
     """`ray.init()` unless connected: the job's cluster inside `ray job submit` or under
-    RAY_ADDRESS, else a new local instance, passing on `variables_for_workers()`."""
+    RAY_ADDRESS, else a new local instance, with `init_arguments()` and `init_options`.
+    Either way this process gets the console settings (`console.quiet_this_process`)."""
+    console.quiet_this_process()
     if ray.is_initialized():
         return
+    ray.init(**init_arguments(), **init_options)
+
+
+def init_arguments() -> dict[str, Any]:
+    """What `ray.init` needs for this job: the runtime_env carrying `variables_for_workers()`
+    and the console's logging options."""
     variables = variables_for_workers(dict(os.environ))
-    ray.init(runtime_env={"env_vars": variables} if variables else None)
+    runtime_env = {"env_vars": variables} if variables else None
+    return {"runtime_env": runtime_env, **console.ray_init_options()}
 
 
 def variables_for_workers(environment: dict[str, str]) -> dict[str, str]:
-    """The storage and tracking variables of `environment` that the job's runtime_env does
-    not already carry (Ray refuses a driver runtime_env that repeats a job's variable)."""
+    """The storage, tracking and console variables of `environment` (console: its settings)
+    that the job's runtime_env does not already carry (Ray refuses a driver runtime_env that
+    repeats a job's variable)."""
     submitted = environment.get(SUBMITTED_JOB_CONFIG_ENV)
     job_variables = (
         (JobConfig.from_json(json.loads(submitted)).runtime_env or {}).get("env_vars", {})
         if submitted
         else {}
     )
-    return {
-        name: value
-        for name, value in environment.items()
-        if name.startswith(FORWARDED_PREFIXES) and name not in job_variables
-    }
+    wanted = {
+        name: value for name, value in environment.items() if name.startswith(FORWARDED_PREFIXES)
+    } | console.variables_for_workers(environment)
+    return {name: value for name, value in wanted.items() if name not in job_variables}

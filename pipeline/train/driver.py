@@ -9,7 +9,7 @@ storage path); a new name starts from scratch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,11 +21,13 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from pipeline.config.schema import (
     ConfigError,
     ExperimentConfig,
+    changed_keys,
     config_to_dict,
     config_to_yaml,
     flatten_config,
 )
 from pipeline.data.builtin import TrainingData, load_training_data
+from pipeline.data.ingest import data_config, eval_dataset, train_dataset
 from pipeline.data.majority_baseline import class_pixel_counts, majority_class_miou
 from pipeline.data.shards import Manifest, manifest_digest
 from pipeline.tracking.tags import (
@@ -34,6 +36,7 @@ from pipeline.tracking.tags import (
     MANIFEST_HASH_TAG,
     RUN_OUTCOME_TAG,
 )
+from pipeline.train import console
 from pipeline.train.connection import connect
 from pipeline.train.failures import NonFiniteLossError, failure_config, workers_not_placed
 from pipeline.train.hooks import TrainingHook, hooks_from_environment
@@ -41,6 +44,7 @@ from pipeline.train.run_folder import (
     SCORE_METRIC,
     best_checkpoint,
     completed_summary,
+    last_completed_epoch,
     latest_checkpoint,
     run_folder,
     storage_root,
@@ -75,11 +79,16 @@ class TrainOutcome:
 
 
 def train(
-    config: ExperimentConfig, run_name: str, *, hooks: Sequence[TrainingHook] = ()
+    config: ExperimentConfig,
+    run_name: str,
+    *,
+    hooks: Sequence[TrainingHook] = (),
+    on_start: Callable[[console.RunStart], None] | None = None,
 ) -> TrainOutcome:
     """Train `run_name` to completion: start it, resume it, or report that it is complete.
 
     The majority-class baseline mIoU of the val split is computed for comparison.
+    `on_start` receives what the run is about to do, before its workers start.
     Raises ConfigError when an existing run is named with a different config.
     """
     storage = storage_root(config)
@@ -97,7 +106,7 @@ def train(
         )
     previous = stored_config(run_name, storage)
     if previous is not None and previous != config:
-        changed = _changed_keys(previous, config)
+        changed = changed_keys(previous, config)
         raise ConfigError(
             f"run {run_name!r} in {run_folder(run_name, storage)} was started with a different "
             f"config (changed: {', '.join(changed)}); resume it without --config/--set, or "
@@ -106,7 +115,13 @@ def train(
     data = load_training_data(config.data)
     baseline = majority_class_miou(class_pixel_counts(data.manifest, config.data.val_split))
     return fit_run(
-        config, run_name, data=data, hooks=hooks, storage_path=storage, baseline_miou=baseline
+        config,
+        run_name,
+        data=data,
+        hooks=hooks,
+        storage_path=storage,
+        baseline_miou=baseline,
+        on_start=on_start,
     )
 
 
@@ -120,12 +135,15 @@ def fit_run(
     mlflow_parent_run_id: str | None = None,
     storage_path: str | Path | None = None,
     baseline_miou: float | None = None,
+    on_start: Callable[[console.RunStart], None] | None = None,
+    show_console: bool = True,
 ) -> TrainOutcome:
     """Fit one named run with Ray Train and record it in MLflow; resume it if it exists.
 
     `data` is the data set already loaded and verified by the caller (loaded here when None).
     `hooks` run inside every worker's loop (see `pipeline.train.hooks`), after any named by
-    the `APCNET_TRAINING_HOOKS` environment variable.
+    the `APCNET_TRAINING_HOOKS` environment variable. `on_start` as in `train`. With
+    `show_console` rank 0 prints the placement, a bar and a line per epoch (not in a trial).
 
     Raises NonFiniteLossError when the loss became NaN/inf (no restart; the last good
     checkpoint is kept), ray.train.TrainingFailedError when workers failed more than
@@ -136,8 +154,12 @@ def fit_run(
     folder = run_folder(run_name, storage)
     data = data or load_training_data(config.data)
     manifest = data.manifest
-    settings = _loop_settings(config, run_name, folder, data, (*hooks_from_environment(), *hooks))
+    hooks = (*hooks_from_environment(), *hooks)
+    settings = _loop_settings(config, run_name, folder, data, hooks, show_console)
     write_config_once(folder, config_to_yaml(config))
+    resumed_after = last_completed_epoch(run_name, storage)
+    if on_start is not None:
+        on_start(console.run_start(config, data, settings, resumed_after))
 
     tracker = None
     if config.tracking.enabled:
@@ -162,9 +184,10 @@ def fit_run(
                 checkpoint_score_order="max",
             ),
             callbacks=list(extra_callbacks),
+            logging_config=console.train_logging_config(),
         ),
-        datasets=_datasets(config, manifest, _resume_epoch(run_name, storage)),
-        dataset_config=_data_config(),
+        datasets=_datasets(config, manifest, resumed_after),
+        dataset_config=data_config(TRAIN_SPLIT),
     )
     try:
         result = trainer.fit()
@@ -218,6 +241,7 @@ def _loop_settings(
     folder: str,
     data: TrainingData,
     hooks: tuple[TrainingHook, ...],
+    console_shown: bool,
 ) -> LoopSettings:
     manifest, data_path = data.manifest, data.path
     workers = config.scaling.num_workers
@@ -272,6 +296,7 @@ def _loop_settings(
         experiment_name=experiment,
         tracking_tags={GIT_COMMIT_TAG: git_commit()},
         hooks=hooks,
+        console=console_shown,
     )
 
 
@@ -351,8 +376,6 @@ def _write_complete_marker(outcome: TrainOutcome) -> None:
 
 def _datasets(config: ExperimentConfig, manifest: Manifest, first_epoch: int) -> dict[str, Any]:
     """Train split augmented (re-augmented each epoch from data.seed), val split at full size."""
-    from pipeline.data.ingest import eval_dataset, train_dataset
-
     augmentation = config.data.augmentation
     return {
         TRAIN_SPLIT: train_dataset(
@@ -366,23 +389,6 @@ def _datasets(config: ExperimentConfig, manifest: Manifest, first_epoch: int) ->
             manifest, config.data.val_split, augmentation.mean, augmentation.std
         ),
     }
-
-
-def _data_config() -> Any:
-    from pipeline.data.ingest import data_config
-
-    return data_config(TRAIN_SPLIT)
-
-
-def _resume_epoch(run_name: str, storage: str) -> int:
-    """The last completed epoch of an existing run (0 for a new one)."""
-    latest = _try(latest_checkpoint, run_name, storage)
-    return read_progress(latest).epoch if latest is not None else 0
-
-
-def _changed_keys(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
-    before, after = flatten_config(old), flatten_config(new)
-    return [key for key in after if before.get(key) != after[key]]
 
 
 def _try(lookup: Any, run_name: str, storage: str) -> str | None:

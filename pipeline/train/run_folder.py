@@ -28,7 +28,7 @@ from pipeline import storage
 from pipeline.config.schema import ExperimentConfig, config_from_dict
 from pipeline.config.typed import load_yaml
 from pipeline.storage import apcnet_home
-from pipeline.train.state import CHECKPOINT_FILE
+from pipeline.train.state import CHECKPOINT_FILE, read_progress
 
 COMPLETE_MARKER = "COMPLETE.json"
 CONFIG_FILE = "config.yaml"
@@ -116,6 +116,14 @@ def latest_checkpoint(run_name: str, storage_path: str | Path | None = None) -> 
     if result.checkpoint is None:
         raise FileNotFoundError(f"run {run_name!r} in {folder.uri} has no checkpoint yet")
     return folder.at(result.checkpoint.path).child(CHECKPOINT_FILE).uri
+
+
+def last_completed_epoch(run_name: str, storage_path: str | Path | None = None) -> int:
+    """The last epoch the run completed: its latest checkpoint's (0 for a new run)."""
+    try:
+        return read_progress(latest_checkpoint(run_name, storage_path)).epoch
+    except FileNotFoundError:
+        return 0
 
 
 def _result(run_name: str, storage_path: str | Path | None) -> tuple[storage.StoragePath, Result]:

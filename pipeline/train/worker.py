@@ -18,6 +18,7 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.config.schema import ExperimentConfig
+from pipeline.train.console import epoch_bar, placement_line, quiet_training_worker
 from pipeline.train.hooks import LoopPosition, TrainingHook
 from pipeline.train.model import DeviceFeatures, build_training_state, device_features
 from pipeline.train.state import RunDescription, TrainingState, checkpoint_folder_name
@@ -57,6 +59,8 @@ class LoopSettings:
     experiment_name: str | None
     tracking_tags: dict[str, str]
     hooks: tuple[TrainingHook, ...] = ()
+    # Rank 0's console: the placement, a bar and a line per epoch (off in a Tune trial).
+    console: bool = True
 
     def validates_after(self, epoch: int) -> bool:
         return epoch % self.config.evaluation.every_epochs == 0 or epoch == self.total_epochs
@@ -70,6 +74,7 @@ class Worker:
     world_size: int
     device: torch.device
     features: DeviceFeatures
+    speaks: bool  # the one worker that prints: rank 0, when the run has a console
 
     @staticmethod
     def current(settings: LoopSettings) -> Worker:
@@ -77,10 +82,11 @@ class Worker:
         world_size = context.get_world_size()
         device = ray.train.torch.get_device()
         features = device_features(settings.config.scaling, device, world_size)
-        return Worker(context.get_world_rank(), world_size, device, features)
+        rank = context.get_world_rank()
+        return Worker(rank, world_size, device, features, rank == 0 and settings.console)
 
     def say(self, message: str) -> None:
-        if self.rank == 0:
+        if self.speaks:
             print(message, file=sys.stdout, flush=True)
 
 
@@ -90,6 +96,7 @@ class EpochResult:
     images: int
     iterations: int
     seconds: float
+    data_wait_s: float
     first_step_unix_s: float | None
     nonfinite_at_iteration: int | None
 
@@ -100,6 +107,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     Returns (rank 0's value becomes `Result.return_value`) {"status": "completed"} or
     {"status": "nonfinite_loss", "epoch": e, "global_iteration": i}.
     """
+    quiet_training_worker()
     settings: LoopSettings = loop_config["settings"]
     worker = Worker.current(settings)
     state = build_training_state(
@@ -156,9 +164,12 @@ def train_one_epoch(
     started = time.perf_counter()
     model.train()
     loss_sum, iterations, images_seen, first_step = 0.0, 0, 0, None
-    batches = train_shard.iter_torch_batches(
-        batch_size=config.optimization.batch_size // worker.world_size, drop_last=True
+    batches = _TimedBatches(
+        train_shard.iter_torch_batches(
+            batch_size=config.optimization.batch_size // worker.world_size, drop_last=True
+        )
     )
+    bar = epoch_bar(worker.speaks, epoch, settings.total_epochs, settings.iterations_per_epoch)
     for batch in batches:
         iteration = state.progress.global_iteration + iterations + 1
         if iteration > settings.total_iterations:
@@ -176,20 +187,50 @@ def train_one_epoch(
         # non-finite loss on any worker, so they all stop at the same step.
         global_loss = _all_reduce_mean(loss.detach().float())
         if not math.isfinite(global_loss):
-            return EpochResult(math.nan, 0, iterations, 0.0, first_step, iteration)
+            bar.close()
+            return EpochResult(math.nan, 0, iterations, 0.0, batches.wait_s, first_step, iteration)
         optimisation_step(state, loss, config.optimization.grad_clip_norm)
         first_step = first_step or time.time()
         loss_sum += global_loss
         iterations += 1
         images_seen += images.shape[0]
+        bar.update(1)
+    bar.close()
     return EpochResult(
         train_loss=loss_sum / max(iterations, 1),
         images=images_seen * worker.world_size,
         iterations=iterations,
         seconds=time.perf_counter() - started,
+        data_wait_s=batches.wait_s,
         first_step_unix_s=first_step,
         nonfinite_at_iteration=None,
     )
+
+
+class _TimedBatches:
+    """The batches of `batches` in order; `wait_s` sums the wall time the loop waited for them.
+
+    Each wait runs from asking for the next batch to receiving it: the first one (which starts
+    the data set's execution for the epoch), every later one that Ray Data's own prefetching did
+    not hide, and the last request that ends the epoch.
+    """
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        self._batches = batches
+        self._iterator: Iterator[Any] | None = None
+        self.wait_s = 0.0
+
+    def __iter__(self) -> _TimedBatches:
+        return self
+
+    def __next__(self) -> Any:
+        asked = time.perf_counter()
+        try:
+            if self._iterator is None:
+                self._iterator = iter(self._batches)
+            return next(self._iterator)
+        finally:
+            self.wait_s += time.perf_counter() - asked
 
 
 def _epoch_metrics(
@@ -202,6 +243,10 @@ def _epoch_metrics(
         "lr": state.optimizer.param_groups[0]["lr"],
         "images_per_s": result.images / result.seconds,
         "epoch_time_s": result.seconds,
+        # This rank's own wait; the tracker and the console line are rank 0's. A starved other
+        # rank shows up here only as slower steps (rank 0 waits in the all-reduce instead).
+        "data_wait_s": result.data_wait_s,
+        "data_wait_fraction": result.data_wait_s / result.seconds,
         "first_step_unix_s": first_step_unix_s,
     }
 
@@ -282,7 +327,7 @@ def _open_tracker(settings: LoopSettings, worker: Worker, nodes: list[str]) -> A
     if worker.rank != 0:
         return None
     placement = ",".join(f"{rank}:{node}" for rank, node in enumerate(nodes))
-    worker.say(f"{settings.run_name}: {worker.world_size} workers on nodes {placement}")
+    worker.say(placement_line(nodes))
     if not settings.config.tracking.enabled:
         return None
     from pipeline.tracking.retry import RetryPolicy
@@ -304,11 +349,22 @@ def _tracked(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k not in skipped}
 
 
+# The console's epoch line: (metric, format) in order, each shown when the epoch has it.
+_EPOCH_LINE = (
+    ("train_loss", ".4g"),
+    ("lr", ".4g"),
+    ("images_per_s", ".4g"),
+    ("epoch_time_s", ".4g"),
+    ("data_wait_s", ".3g"),
+    ("data_wait_fraction", ".2f"),
+    ("val_miou", ".4g"),
+    ("val_pixel_accuracy", ".4g"),
+)
+
+
 def _epoch_line(metrics: dict[str, float], total_epochs: int) -> str:
     parts = [f"epoch {int(metrics['epoch'])}/{total_epochs}"]
-    for key in ("train_loss", "lr", "images_per_s", "epoch_time_s", "val_miou"):
+    for key, spec in _EPOCH_LINE:
         if key in metrics:
-            parts.append(f"{key}={metrics[key]:.4g}")
-    if "val_pixel_accuracy" in metrics:
-        parts.append(f"val_pixel_accuracy={metrics['val_pixel_accuracy']:.4g}")
+            parts.append(f"{key}={metrics[key]:{spec}}")
     return "  ".join(parts)

@@ -38,10 +38,13 @@ from pipeline.data.builtin import TrainingData, load_training_data
 from pipeline.storage import apcnet_home
 from pipeline.tracking.runs import RunTracker, resolve_tracking
 from pipeline.tracking.tags import KIND_SEARCH, KIND_TAG, KIND_TRIAL, TRIAL_ID_TAG
+from pipeline.train.connection import init_arguments
+from pipeline.train.console import quiet_this_process, verbose
 from pipeline.tune.space import apply_trial_parameters, searched_values
 from pipeline.tune.trials import (
     UNFINISHED,
     TrackingTarget,
+    TrialEventLines,
     TrialRow,
     TrialStatusCallback,
     best_row,
@@ -191,12 +194,14 @@ def run_search(
     fault injection this way). Tune stores callbacks with the experiment's state: a resumed
     search keeps the ones it started with and ignores these.
 
-    Needs Ray (`ray.init()` is called when no instance is running). Prints Tune's progress;
-    the trials table is in the outcome and on the parent MLflow run.
+    Needs Ray (`ray.init()` is called when no instance is running). Prints a line per trial
+    event (Tune's own status tables with --verbose, `pipeline.train.console`); the trials
+    table is in the outcome and on the parent MLflow run.
     """
     started = time.perf_counter()
     config = with_num_samples(config, num_samples)
     validate_search_config(config)
+    quiet_this_process()
     tune_section = tune_section_of(config)
     planned_epochs = int(config.optimization.epochs or 0)
     tracking_uri, experiment = resolve_tracking(
@@ -231,16 +236,23 @@ def run_search(
     if resumed:
         tuner = tune.Tuner.restore(str(experiment_path), trainable, resume_errored=True)
     else:
+        search_algorithm = build_search_algorithm(tune_section)
         tuner = tune.Tuner(
             trainable,
             param_space=build_param_space(tune_section),
             tune_config=tune.TuneConfig(
                 metric=tune_section.metric,
                 mode=tune_section.mode,
-                search_alg=build_search_algorithm(tune_section),
+                search_alg=search_algorithm,
                 scheduler=build_scheduler(tune_section, planned_epochs),
                 num_samples=tune_section.num_samples,
-                max_concurrent_trials=tune_section.max_concurrent_trials,
+                # Tune limits a Searcher only (and warns that it ignores the limit for the
+                # variant generator, which build_search_algorithm gives it directly).
+                max_concurrent_trials=(
+                    tune_section.max_concurrent_trials
+                    if isinstance(search_algorithm, Searcher)
+                    else None
+                ),
             ),
             run_config=tune.RunConfig(
                 name=name,
@@ -248,8 +260,9 @@ def run_search(
                 callbacks=[
                     TrialStatusCallback(name, target, parent.run_id, planned_epochs),
                     *extra_callbacks,
+                    *([] if verbose() else [TrialEventLines(tune_section, planned_epochs)]),
                 ],
-                verbose=1,
+                verbose=1 if verbose() else 0,  # Tune's status tables only with --verbose
             ),
         )
     results = tuner.fit()
@@ -294,13 +307,13 @@ def init_local_ray(**init_options: Any) -> None:
     guess raises, the cleaner dies, and the placement group of every trial ASHA stops is never
     removed: later trials then wait for CPUs forever. So the dashboard (which serves the State
     API) gets a known port, and its URL is put in the environment every Ray process of this
-    instance inherits. `init_options` go to `ray.init` (e.g. num_cpus, _temp_dir).
+    instance inherits. `init_options` go to `ray.init` (e.g. num_cpus, _temp_dir), after the
+    job's runtime_env and console options (`pipeline.train.connection.init_arguments`).
     """
     port = free_local_port()
     os.environ[API_SERVER_ADDRESS_VARIABLE] = f"http://127.0.0.1:{port}"
-    ray.init(
-        include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **init_options
-    )
+    dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
+    ray.init(**{**init_arguments(), **dashboard, **init_options})
 
 
 def free_local_port() -> int:
@@ -337,6 +350,7 @@ def run_trial(
         data=context.data,
         extra_callbacks=(TuneReportCallback(),),
         mlflow_parent_run_id=context.parent_run_id,
+        show_console=False,  # the search prints the trial's events instead
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from pipeline.config.search import TuneSection
 from pipeline.tracking.runs import RunTracker
 from pipeline.tracking.tables import text_table
 from pipeline.tracking.tags import (
@@ -115,6 +116,43 @@ class TrialStatusCallback(Callback):
         )
         tracker.set_tags({TRIAL_STATUS_TAG: status, EPOCHS_RUN_TAG: epochs_of(trial.last_result)})
         tracker.set_terminated(RUN_STATUS[status])
+
+
+class TrialEventLines(Callback):
+    """The search's console when quiet: one line per trial event (started with its
+    parameters, completed or stopped early with its best metric, failed), printed by the
+    Tune driver in place of Tune's periodic status tables. Pickled with the experiment."""
+
+    def __init__(self, tune_section: TuneSection, planned_epochs: int) -> None:
+        self.metric = tune_section.metric
+        self.mode = tune_section.mode
+        self.planned_epochs = planned_epochs
+        self.best: dict[str, float] = {}
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        print(f"trial {trial.trial_id} started: {describe_parameters(trial.config)}", flush=True)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result, **info):
+        value = result.get(self.metric)
+        if isinstance(value, int | float) and not math.isnan(value):
+            best = self.best.get(trial.trial_id, value)
+            pick = max if self.mode == "max" else min
+            self.best[trial.trial_id] = pick(best, value)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        epochs = epochs_of(trial.last_result)
+        status = classify_trial(epochs, self.planned_epochs, errored=False, finished=True)
+        best = self.best.get(trial.trial_id, math.nan)
+        print(
+            f"trial {trial.trial_id} {status.replace('_', ' ')} after {epochs} epochs: "
+            f"best {self.metric} {best:.4f}",
+            flush=True,
+        )
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
+        epochs = epochs_of(trial.last_result)
+        where = f" (traceback in {trial.error_file})" if trial.error_file else ""
+        print(f"trial {trial.trial_id} failed after {epochs} epochs{where}", flush=True)
 
 
 def best_row(rows: list[TrialRow], mode: str) -> TrialRow | None:

@@ -1,0 +1,224 @@
+"""What a person sees: the training and evaluation jobs' consoles, quiet by default.
+
+The jobs run as the user runs them (`python jobs/X.py` in a subprocess from the repository
+root, a fresh APCNET_HOME, the local MLflow store), with stdout and stderr read together as
+one console. A line is what the terminal shows once it is done: the carriage-return redraws
+of a progress bar collapse into the line they redraw.
+
+Training runs the embedded default on a smaller built-in synthetic set (32 px images, 8
+iterations per epoch, 2 epochs); evaluation then reads that run's best checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline.train import console as console_settings
+from pipeline.train.connection import variables_for_workers
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+JOB_TIMEOUT_S = 300
+RUN_NAME = "console"
+EPOCHS = 2
+ITERATIONS_PER_EPOCH = 8  # (64 train images // 2 workers) // (global batch 8 // 2 workers)
+MAX_TRAINING_LINES = 40
+TRAINING = [
+    "--name",
+    RUN_NAME,
+    "--set",
+    "data.synthetic.num_train=64",
+    "--set",
+    "data.synthetic.num_val=8",
+    "--set",
+    "data.synthetic.size=32",
+    "--set",
+    "data.augmentation.crop_size=[32,32]",
+    "--set",
+    f"optimization.epochs={EPOCHS}",
+]
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)  train_loss=")
+# tqdm's bar as Ray's distributed tqdm draws it (unit_scale: counts like "2.00/4.00").
+EPOCH_BAR = re.compile(r"epoch (\d+)/(\d+): +\d+%\|[^|]*\| *([\d.]+)/([\d.]+) ")
+EVALUATION_BAR = re.compile(r"evaluating: +\d+%\|")
+
+
+@dataclass(frozen=True)
+class Console:
+    """A job's combined output: `lines` as a person sees them, `raw` as written."""
+
+    raw: str
+    returncode: int
+
+    @property
+    def lines(self) -> list[str]:
+        """The finished lines: of each carriage-return redraw, the last thing drawn."""
+        text = ANSI_ESCAPE.sub("", self.raw)
+        shown = []
+        for line in text.split("\n"):
+            drawn = [part for part in line.split("\r") if part.strip()]
+            shown.append(drawn[-1].rstrip() if drawn else "")
+        if shown and shown[-1] == "":
+            shown.pop()
+        return shown
+
+    @property
+    def segments(self) -> list[str]:
+        """Everything drawn, in order: each carriage-return redraw as its own segment."""
+        return [part.strip() for part in re.split(r"[\r\n]", ANSI_ESCAPE.sub("", self.raw))]
+
+
+def run_job(job: str, arguments: list[str], home: Path) -> Console:
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "APCNET_VERBOSE")
+    }
+    environment["APCNET_HOME"] = str(home)
+    result = subprocess.run(
+        [sys.executable, f"jobs/{job}", *arguments],
+        cwd=REPO_ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=JOB_TIMEOUT_S,
+    )
+    # Decoded by hand: text mode would turn each carriage return into a new line.
+    return Console(result.stdout.decode(errors="replace"), result.returncode)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("console-home")
+
+
+@pytest.fixture(scope="module")
+def training(home) -> Console:
+    console = run_job("train.py", TRAINING, home)
+    assert console.returncode == 0, console.raw
+    return console
+
+
+@pytest.fixture(scope="module")
+def evaluation(training, home) -> Console:
+    console = run_job("evaluate.py", ["--run", RUN_NAME], home)
+    assert console.returncode == 0, console.raw
+    return console
+
+
+@pytest.mark.slow
+def test_training_prints_at_most_40_lines(training):
+    assert len(training.lines) <= MAX_TRAINING_LINES, "\n".join(training.lines)
+
+
+@pytest.mark.slow
+def test_training_starts_with_a_header_naming_run_data_model_workers_and_mlflow(training):
+    first_epoch = next(i for i, line in enumerate(training.lines) if "epoch 1/" in line)
+    header = "\n".join(training.lines[:first_epoch])
+    for label in ("run", "data", "model", "workers", "MLflow", "placed"):
+        assert re.search(rf"^{label} ", header, re.MULTILINE), "\n".join(training.lines)
+    assert RUN_NAME in header
+    assert "mlflow ui --backend-store-uri sqlite:///" in header
+
+
+@pytest.mark.slow
+def test_each_epoch_line_is_printed_exactly_once(training):
+    epochs = [EPOCH_LINE.match(line) for line in training.lines]
+    numbers = [int(match[1]) for match in epochs if match]
+    assert numbers == list(range(1, EPOCHS + 1)), "\n".join(training.lines)
+
+
+@pytest.mark.slow
+def test_the_epoch_bar_moves_before_its_epoch_ends(training):
+    segments = training.segments
+    for epoch in range(1, EPOCHS + 1):
+        end = next(
+            index
+            for index, segment in enumerate(segments)
+            if (match := EPOCH_LINE.match(segment)) and int(match[1]) == epoch
+        )
+        counts = [
+            float(match[3])
+            for segment in segments[:end]
+            if (match := EPOCH_BAR.search(segment)) and int(match[1]) == epoch
+        ]
+        assert any(0 < count < ITERATIONS_PER_EPOCH for count in counts), (epoch, counts)
+
+
+@pytest.mark.slow
+def test_training_ends_with_the_summary(training):
+    summary = "\n".join(training.lines[-8:])
+    assert f"run {RUN_NAME} finished" in summary
+    for entry in ("best val_miou", "majority-class val_miou", "best checkpoint", "MLflow run id"):
+        assert entry in summary, summary
+
+
+@pytest.mark.slow
+def test_training_shows_no_ray_chatter(training):
+    console = "\n".join(training.lines)
+    for chatter in (
+        "Reporting training result",
+        "run snapshot was found",
+        "Starting execution of Dataset",
+        "exclude_resources",
+        "PreemptionWatcher",
+        "Running Dataset",
+    ):
+        assert chatter not in console, chatter
+
+
+@pytest.mark.slow
+def test_evaluation_shows_one_progress_bar_and_the_final_table(evaluation):
+    bars = [line for line in evaluation.lines if EVALUATION_BAR.search(line)]
+    assert len(bars) == 1, "\n".join(evaluation.lines)
+    console = "\n".join(evaluation.lines)
+    assert re.search(r"^class +IoU %", console, re.MULTILINE), console
+    assert "mIoU" in console and "images in" in console
+
+
+# Ray core's line, as a training run printed it before the fix (pid and ID vary).
+PREEMPTION_WATCHER_LINE = (
+    "(TrainController pid=22649) [2026-12-04 18:50:00,543 E 22649 22681] core_worker.cc:2465: "
+    "Actor with class name: 'PreemptionWatcher' and ID: 'c45c84b3095b5a727c623d5101000000' "
+    "has constructor arguments in the object store and max_restarts > 0. If the arguments in "
+    "the object store go out of scope or are lost, the actor restart will fail. See "
+    "https://github.com/ray-project/ray/issues/53727 for more details."
+)
+
+
+def test_the_preemption_watcher_false_alarm_is_dropped_and_other_actors_lines_are_not():
+    patterns = [re.compile(pattern) for pattern in console_settings._DROPPED_LINES]
+    assert any(pattern.search(PREEMPTION_WATCHER_LINE) for pattern in patterns)
+    other_actor = PREEMPTION_WATCHER_LINE.replace("PreemptionWatcher", "MapWorker(MapBatches)")
+    assert not any(pattern.search(other_actor) for pattern in patterns)
+
+
+def test_workers_get_the_quiet_settings_and_ray_trains_print_patch_off():
+    variables = variables_for_workers({"AWS_REGION": "eu-west-1", "HOME": "/root"})
+    assert variables["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"
+    assert variables["RAY_DATA_LOG_LEVEL"] == "WARNING"
+    assert variables["RAY_DATA_DISABLE_PROGRESS_BARS"] == "1"
+    assert variables["AWS_REGION"] == "eu-west-1"
+    assert "HOME" not in variables and "APCNET_VERBOSE" not in variables
+
+
+def test_verbose_workers_keep_rays_logs_and_a_users_own_setting_wins():
+    variables = variables_for_workers({"APCNET_VERBOSE": "1", "RAY_DATA_LOG_LEVEL": "DEBUG"})
+    assert variables["APCNET_VERBOSE"] == "1"
+    assert variables["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"
+    assert "RAY_DATA_DISABLE_PROGRESS_BARS" not in variables
+    assert variables["RAY_DATA_LOG_LEVEL"] == "DEBUG"
+    assert variables_for_workers({"RAY_DATA_LOG_LEVEL": "DEBUG"})["RAY_DATA_LOG_LEVEL"] == "DEBUG"
+
+
+def test_the_placement_line_groups_ranks_by_node():
+    line = console_settings.placement_line(["a" * 56, "b" * 56, "a" * 56])
+    assert line == "placed    3 workers on 2 nodes: aaaaaaaa (ranks 0, 2), bbbbbbbb (rank 1)"
