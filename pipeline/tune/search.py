@@ -367,7 +367,13 @@ def _row_of(result: Any, search_name: str, metric: str, mode: str, planned_epoch
     if history is not None and metric in history:
         values = [float(value) for value in history[metric] if not math.isnan(float(value))]
     best = (max(values) if mode == "max" else min(values)) if values else math.nan
-    finished = bool(metrics.get("done")) or result.error is not None
+    # A trial that reported its last planned epoch has finished even when its final "done"
+    # record is missing: a search interrupted as that trial ended can save it without one.
+    finished = (
+        bool(metrics.get("done"))
+        or result.error is not None
+        or epochs_of(metrics) >= planned_epochs
+    )
     status = classify_trial(
         epochs_of(metrics), planned_epochs, errored=result.error is not None, finished=finished
     )
