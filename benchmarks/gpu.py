@@ -153,16 +153,15 @@ def run_description(config: ExperimentConfig, num_classes: int) -> RunDescriptio
 def random_batch(
     config: ExperimentConfig, batch_size: int, height: int, width: int, num_classes: int, seed: int
 ) -> dict[str, torch.Tensor]:
-    """A CPU batch as the ingest gives it: "image" float32 (N, 3, H, W) normalised 0-255
-    values, "mask" uint8 (N, H, W) with about IGNORED_FRACTION of pixels IGNORE_INDEX."""
+    """A CPU batch as the training ingest gives it: "image" uint8 (N, H, W, 3), "mask" uint8
+    (N, H, W) with about IGNORED_FRACTION of pixels IGNORE_INDEX."""
     generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (batch_size, 3, height, width), generator=generator).float()
-    mean = torch.tensor(config.data.augmentation.mean).view(1, 3, 1, 1)
-    std = torch.tensor(config.data.augmentation.std).view(1, 3, 1, 1)
+    shape = (batch_size, height, width, 3)
+    pixels = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
     masks = torch.randint(0, num_classes, (batch_size, height, width), generator=generator)
     ignored = torch.rand((batch_size, height, width), generator=generator) < IGNORED_FRACTION
     masks = torch.where(ignored, IGNORE_INDEX, masks).to(torch.uint8)
-    return {"image": (pixels - mean) / std, "mask": masks}
+    return {"image": pixels, "mask": masks}
 
 
 def synchronize(device: torch.device) -> None:
@@ -186,7 +185,9 @@ def train_steps(
     synchronize(device)
     started = time.perf_counter()
     for _ in range(steps):
-        images, masks = batch_to_device(batch, device, features.channels_last)
+        images, masks = batch_to_device(
+            batch, device, features.channels_last, config.data.augmentation
+        )
         loss = forward_loss(model, images, masks, features, config, IGNORE_INDEX)
         losses.append(float(loss.detach().float()))
         optimisation_step(state, loss, config.optimization.grad_clip_norm)
@@ -361,12 +362,15 @@ def check_distributed(
 
 
 def validation_batches(config: ExperimentConfig, args: argparse.Namespace) -> list[dict]:
-    """Two numpy batches as `eval_dataset` gives them, the second at another height."""
+    """Two numpy batches as `eval_dataset` gives them (float32 (N, 3, H, W) normalised), the
+    second at another height."""
     sizes = [(2, args.size, args.size), (1, args.size * 3 // 4, args.size)]
     batches = []
+    cpu, augmentation = torch.device("cpu"), config.data.augmentation
     for seed, (count, height, width) in enumerate(sizes, start=10):
         batch = random_batch(config, count, height, width, args.num_classes, seed)
-        batches.append({"image": batch["image"].numpy(), "mask": batch["mask"].numpy()})
+        images, _ = batch_to_device(batch, cpu, False, augmentation)
+        batches.append({"image": images.numpy(), "mask": batch["mask"].numpy()})
     return batches
 
 
@@ -379,7 +383,7 @@ def compare_eval(args: argparse.Namespace, device: torch.device) -> EvalComparis
         config.model, run_description(config, args.num_classes), features, device, seed=0
     )
     batch = random_batch(config, args.batch_size, args.size, args.size, args.num_classes, 2)
-    images, _ = batch_to_device(batch, device, features.channels_last)
+    images, _ = batch_to_device(batch, device, features.channels_last, config.data.augmentation)
     calibrate_batchnorm(model, images)
     model.eval()
     result = EvalComparison()

@@ -1,10 +1,14 @@
 """Training ingest throughput: Ray Data pipeline vs a torch DataLoader doing the same work.
 
 Writes N synthetic VOC-sized JPEGs (about 500x375) with masks into temporary shard sets, then
-measures images/s of decode + augment at a 512 crop through:
-- torch.utils.data.DataLoader with W worker processes (the baseline), and
+measures images/s of decode + augment + normalise at a 512 crop, as float32 (B, 3, H, W)
+batches in the consuming process, through:
+- torch.utils.data.DataLoader with W worker processes (the baseline), frozen as it was before
+  the ingest shipped uint8: the same decode and augmentation, normalised and padded in the
+  DataLoader's workers, float32 sent to the consumer; and
 - `pipeline.data.ingest.train_dataset` under named Ray Data variants (IngestOptions, the consumer's
-  local shuffle buffer, the shards' row-group size),
+  local shuffle buffer, the shards' row-group size, a per-row `map` instead of `map_batches`),
+  uint8 blocks normalised by the consumer with the training step's own `batch_to_device`,
 interleaved in rounds (DataLoader, then every variant, repeated), so a noisy machine slows
 them alike; each variant's ratio is taken against the DataLoader of its own round and the
 median over rounds is reported. Also times the decoders.
@@ -30,7 +34,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.data.ingest import IngestOptions, train_dataset
+from pipeline.config.ingest import IngestOptions
+from pipeline.data.ingest import SAMPLE_COLUMNS, sample_seed, train_dataset
 from pipeline.data.shard_writer import ShardWriter, write_manifest
 from pipeline.data.shards import Manifest, ShardRow, load_manifest, read_shard_rows
 from pipeline.data.transforms import (
@@ -38,8 +43,10 @@ from pipeline.data.transforms import (
     augment_sample,
     decode_image,
     decode_mask,
+    normalize,
 )
 from pipeline.storage import write_text_atomically
+from pipeline.train.step import batch_to_device
 
 
 @dataclass(frozen=True)
@@ -108,9 +115,17 @@ class ShardRowsDataset(torch.utils.data.Dataset):
         row = self.rows[index]
         rng = np.random.default_rng(index)
         image, mask = augment_sample(
-            decode_image(row.image), decode_mask(row.mask), self.config, rng
+            decode_image(row.image), decode_mask(row.mask), self.config, rng, pad=False
         )
-        return torch.from_numpy(image), torch.from_numpy(mask)
+        # As the training ingest did before it shipped uint8: normalise, then pad with 0
+        # (the mean) and the ignore index up to the crop.
+        normalized = normalize(image, self.config.mean, self.config.std)
+        height, width = self.config.crop_size
+        padded = np.zeros((3, height, width), dtype=np.float32)
+        padded[:, : mask.shape[0], : mask.shape[1]] = normalized
+        labels = np.full((height, width), self.config.ignore_index, dtype=np.int64)
+        labels[: mask.shape[0], : mask.shape[1]] = mask
+        return torch.from_numpy(padded), torch.from_numpy(labels)
 
 
 def measure_dataloader(
@@ -136,10 +151,14 @@ class Variant:
     ingest: IngestOptions
     local_shuffle_buffer: int | None = None
     row_group_rows: int = 64
+    per_row_map: bool = False
 
 
 VARIANTS: dict[str, Variant] = {
     "default": Variant(IngestOptions()),
+    "default cpus0.5": Variant(IngestOptions(num_cpus=0.5)),
+    "default prefetch 4": Variant(IngestOptions(prefetch_batches=4)),
+    "per-row map": Variant(IngestOptions(), per_row_map=True),
     "rows b8 (previous default)": Variant(IngestOptions(shuffle="rows", batch_size=8)),
     "files b8": Variant(IngestOptions(shuffle="files", batch_size=8)),
     "files b8 + local buffer 32": Variant(IngestOptions(shuffle="files", batch_size=8), 32),
@@ -169,7 +188,7 @@ VARIANTS: dict[str, Variant] = {
     ),
     "rows b8 row groups 8": Variant(IngestOptions(shuffle="rows", batch_size=8), row_group_rows=8),
 }
-QUICK_VARIANTS = ("default", "rows b8 (previous default)")
+QUICK_VARIANTS = ("default", "default cpus0.5", "per-row map")
 
 
 def measure_ray(
@@ -180,17 +199,44 @@ def measure_ray(
     batch_size: int,
     epoch: int,
 ) -> Measurement:
-    """One epoch of train_dataset, consumed like the training loop (iter_torch_batches)."""
-    dataset = train_dataset(manifest, "train", config, seed=0, epoch=epoch, ingest=variant.ingest)
+    """One epoch of train_dataset, consumed like the training loop (iter_torch_batches, then
+    `batch_to_device` normalising on this process's CPU)."""
+    if variant.per_row_map:
+        dataset = per_row_dataset(manifest, config, epoch)
+    else:
+        dataset = train_dataset(
+            manifest, "train", config, seed=0, epoch=epoch, ingest=variant.ingest
+        )
     start = time.perf_counter()
     batches = dataset.iter_torch_batches(
         batch_size=batch_size,
-        prefetch_batches=2,
+        prefetch_batches=variant.ingest.prefetch_batches,
         local_shuffle_buffer_size=variant.local_shuffle_buffer,
         local_shuffle_seed=epoch if variant.local_shuffle_buffer else None,
     )
-    images = sum(batch["image"].shape[0] for batch in batches)
+    cpu = torch.device("cpu")
+    images = sum(batch_to_device(batch, cpu, False, config)[0].shape[0] for batch in batches)
     return Measurement(name, images, time.perf_counter() - start)
+
+
+def per_row_dataset(manifest: Manifest, config: AugmentationConfig, epoch: int):
+    """The same decode and augmentation as `train_dataset`, one row per call (`Dataset.map`)
+    instead of a block per call (`map_batches`); files in order, no shuffle."""
+    import ray.data
+
+    def augment_row(row: dict) -> dict:
+        rng = np.random.default_rng(sample_seed(0, epoch, str(row["id"])))
+        image, mask = augment_sample(
+            decode_image(row["image"]), decode_mask(row["mask"]), config, rng
+        )
+        return {"image": image, "mask": mask}
+
+    rows = manifest.splits["train"].rows
+    return (
+        ray.data.read_parquet(manifest.shard_uris("train"), override_num_blocks=max(1, rows // 8))
+        .select_columns(SAMPLE_COLUMNS)
+        .map(augment_row)
+    )
 
 
 def measure_decoders(manifest: Manifest, repeats: int = 50) -> dict[str, float]:

@@ -10,7 +10,9 @@ APCNet, two CPU workers, the local MLflow store. A new run is named
 says so and exits 0. Works the same under `ray job submit --working-dir . -- python jobs/train.py`.
 
 The console: a header (run, data, model, workers and their nodes, MLflow and how to open its
-UI), a progress bar over each epoch's iterations, one line per epoch, the summary.
+UI), a progress bar over each epoch's iterations, one line per epoch, the summary. A run that
+finishes now ends with a picture of a few validation images (image | ground truth |
+prediction), written to its folder and its MLflow run, whose path closes the summary.
 `--verbose` adds Ray's own logs.
 """
 
@@ -20,9 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
+import traceback
 
 from jobs.cli import add_config_arguments, job_parser, run_job
-from pipeline.config.schema import load_config
+from pipeline.config.schema import ExperimentConfig, load_config
+from pipeline.evaluate.preview import write_training_preview
 from pipeline.tracking.runs import ui_command
 from pipeline.train.console import RunStart, labelled
 from pipeline.train.driver import TrainOutcome, train
@@ -87,6 +91,28 @@ def print_summary(outcome: TrainOutcome) -> None:
         print(f"  MLflow run id            {outcome.mlflow_run_id}")
 
 
+def print_picture(outcome: TrainOutcome, config: ExperimentConfig, debug: bool) -> None:
+    """Draw the run that has just finished on a few validation images; print where it went."""
+    try:
+        location = write_training_preview(outcome, config)
+    except Exception as error:
+        # The run has succeeded: its checkpoints, COMPLETE.json and MLflow run are whole, and
+        # the same name again only reports it complete. Exiting non-zero over a picture would
+        # tell scripts and `ray job submit` that training failed, so the job still exits 0,
+        # but says so on the console and on stderr, and how to draw the same grid later.
+        if debug:
+            traceback.print_exc()
+        print(f"  picture                  not written ({type(error).__name__})")
+        print(
+            f"warning: the picture of run {outcome.run_name} was not written: {error}. Its "
+            f"training results are complete; python jobs/evaluate.py --run {outcome.run_name} "
+            "logs the same grid",
+            file=sys.stderr,
+        )
+        return
+    print(f"  picture                  {location or 'none (no validation images)'}")
+
+
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
@@ -104,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.name and not args.config and not args.overrides:
         # Naming an existing run alone resumes it with the config it was started with.
         config = stored_config(run_name, storage_root(config)) or config
-    print_summary(train(config, run_name, on_start=print_header))
+    outcome = train(config, run_name, on_start=print_header)
+    print_summary(outcome)
+    if outcome.status == "finished":  # a complete run named again got its picture back then
+        print_picture(outcome, config, args.debug)
     return 0
 
 

@@ -11,6 +11,7 @@ from pipeline.data.transforms import (
     augment_sample,
     decode_image,
     decode_mask,
+    mean_colour,
     normalize,
     pad_to_size,
     photometric_distortion,
@@ -34,13 +35,6 @@ def colour_coded_sample(height: int = 120, width: int = 160, block: int = 20, se
     blocks = rng.integers(0, len(COLOURS), size=(height // block + 1, width // block + 1))
     mask = np.kron(blocks, np.ones((block, block), dtype=np.int64))[:height, :width]
     return COLOURS[mask], mask.astype(np.uint8)
-
-
-def denormalize(image: np.ndarray, config: AugmentationConfig) -> np.ndarray:
-    """float32 (3, H, W) back to rounded 0-255 RGB (H, W, 3)."""
-    mean = np.array(config.mean, dtype=np.float32)[:, None, None]
-    std = np.array(config.std, dtype=np.float32)[:, None, None]
-    return np.round(image * std + mean).transpose(1, 2, 0)
 
 
 def assert_labels_follow_colours(rgb: np.ndarray, mask: np.ndarray) -> None:
@@ -71,8 +65,7 @@ def test_rescale_never_invents_mask_values():
 def test_augment_sample_keeps_image_and_mask_aligned(seed):
     image, mask = colour_coded_sample(seed=seed)
     config = AugmentationConfig(crop_size=(96, 128), flip_prob=0.5, cat_max_ratio=0.75)
-    out_image, out_mask = augment_sample(image, mask, config, np.random.default_rng(seed))
-    rgb = denormalize(out_image, config)
+    rgb, out_mask = augment_sample(image, mask, config, np.random.default_rng(seed))
     labelled = out_mask != 255
     assert_labels_follow_colours(rgb[labelled], out_mask[labelled])
 
@@ -80,18 +73,18 @@ def test_augment_sample_keeps_image_and_mask_aligned(seed):
 def test_augment_sample_output_has_crop_shape_and_dtypes():
     image, mask = colour_coded_sample(height=50, width=700)
     out_image, out_mask = augment_sample(image, mask, GEOMETRY_ONLY, np.random.default_rng(0))
-    assert out_image.shape == (3, 96, 128) and out_image.dtype == np.float32
-    assert out_mask.shape == (96, 128) and out_mask.dtype == np.int64
+    assert out_image.shape == (96, 128, 3) and out_image.dtype == np.uint8
+    assert out_mask.shape == (96, 128) and out_mask.dtype == np.uint8
 
 
-def test_padding_fills_image_with_zero_and_mask_with_ignore():
-    image = np.ones((3, 10, 20), dtype=np.float32)
+def test_padding_fills_image_with_the_fill_colour_and_mask_with_ignore():
+    image = np.ones((10, 20, 3), dtype=np.uint8)
     mask = np.zeros((10, 20), dtype=np.uint8)
-    padded_image, padded_mask = pad_to_size(image, mask, (16, 24))
-    assert padded_image.shape == (3, 16, 24) and padded_mask.shape == (16, 24)
-    assert np.all(padded_image[:, 10:, :] == 0) and np.all(padded_image[:, :, 20:] == 0)
+    padded_image, padded_mask = pad_to_size(image, mask, (16, 24), image_fill=(7, 8, 9))
+    assert padded_image.shape == (16, 24, 3) and padded_mask.shape == (16, 24)
+    assert np.all(padded_image[10:, :] == (7, 8, 9)) and np.all(padded_image[:, 20:] == (7, 8, 9))
     assert np.all(padded_mask[10:, :] == 255) and np.all(padded_mask[:, 20:] == 255)
-    assert np.all(padded_image[:, :10, :20] == 1) and np.all(padded_mask[:10, :20] == 0)
+    assert np.all(padded_image[:10, :20] == 1) and np.all(padded_mask[:10, :20] == 0)
 
 
 def test_small_image_is_padded_with_ignore_after_augmentation():
@@ -99,7 +92,10 @@ def test_small_image_is_padded_with_ignore_after_augmentation():
     config = AugmentationConfig(crop_size=(96, 128), scale_range=(1.0, 1.0), flip_prob=0.0)
     out_image, out_mask = augment_sample(image, mask, config, np.random.default_rng(0))
     assert np.all(out_mask[40:, :] == 255) and np.all(out_mask[:, 40:] == 255)
-    assert np.all(out_image[:, 40:, :] == 0)
+    # The mean colour: 0 once normalised, within 0.5/std of the reference's exact 0.
+    assert np.all(out_image[:, 40:] == mean_colour(config))
+    normalised_fill = normalize(out_image[:, 40:], config.mean, config.std)
+    assert np.abs(normalised_fill).max() <= 0.5 / min(config.std)
     np.testing.assert_array_equal(out_mask[:40, :40], mask)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.config.augmentation import AugmentationConfig
+from pipeline.config.ingest import IngestOptions
 from pipeline.config.search import TuneSection
 from pipeline.config.typed import (
     ConfigError,
@@ -58,7 +59,8 @@ class DataSection:
     `path` is a shard folder or its manifest.json (local, NFS, s3://, gs://). When it is None
     the synthetic set described by `synthetic` is prepared under `<home>/data/` and used.
     `seed` makes shuffling, augmentation (per sample and epoch) and the model's initial weights
-    reproducible.
+    reproducible. `ingest` tunes how Ray Data feeds the workers and its CPU budget beside them
+    (`pipeline.config.ingest`).
     """
 
     path: str | None = None
@@ -67,6 +69,7 @@ class DataSection:
     seed: int = 0
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    ingest: IngestOptions = field(default_factory=IngestOptions)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ Public names:
   `read_shard_rows`, `manifest_digest`, `DatasetError`.
 - `shard_writer`: `ShardWriter`, `prepare_output`, `write_manifest` (the manifest last).
 - `transforms`: paired image/mask augmentation in numpy; `decode_image`, `decode_mask`,
-  `augment_sample`, `normalize`.
-- `ingest`: Ray Data datasets for Ray Train; `train_dataset`, `eval_dataset`, `data_config`.
+  `augment_sample` (uint8 out), `normalize`, `mean_colour`.
+- `ingest`: Ray Data datasets for Ray Train; `training_datasets`, `train_dataset`,
+  `eval_dataset`, `data_config`.
 - `majority_baseline`: `class_pixel_counts`, `majority_class_miou`.
 - `builtin`: the data set a config trains on, the synthetic one generated on first use;
   `load_training_data`, `data_set_path`, `TrainingData`.

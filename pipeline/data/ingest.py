@@ -38,7 +38,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import fields as fields_of
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import ray
@@ -47,6 +47,8 @@ import ray.train
 from ray.data import DataContext, ExecutionOptions, RandomSeedConfig
 
 from pipeline.config.augmentation import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.config.ingest import IngestOptions
+from pipeline.config.schema import DataSection
 from pipeline.data.shards import Manifest
 from pipeline.data.transforms import (
     AugmentationConfig,
@@ -56,73 +58,11 @@ from pipeline.data.transforms import (
     normalize,
 )
 
-TRAIN_SPLIT_NAMES = ("train",)
+# The names of the data sets a training run streams (`training_datasets`).
+TRAIN_DATASET = "train"
+VAL_DATASET = "val"
+TRAIN_SPLIT_NAMES = (TRAIN_DATASET,)
 SAMPLE_COLUMNS = ["id", "image", "mask"]
-
-
-ShuffleMode = Literal["rows", "window", "files"]
-SHUFFLE_MODES: tuple[ShuffleMode, ...] = ("rows", "window", "files")
-
-
-@dataclass(frozen=True)
-class IngestOptions:
-    """Throughput knobs of the decode + augment stage (defaults measured by benchmarks/ingest.py).
-
-    batch_size: rows per augmented output block. 32 (fewer blocks, less per-block overhead)
-        was the best under load and level with 8 on a quiet machine; at a 512 crop a block is
-        about 170 MB (3x512x512 float32 image + 512x512 int64 mask per row), so lower it
-        where the object store is small.
-    num_cpus: CPUs reserved per decode/augment task (or actor).
-    concurrency: maximum parallel tasks (None: as many as the free CPUs allow); with
-        `actors` the fixed size of the actor pool (None: one actor per whole CPU requested).
-    shuffle: how rows are reordered every epoch, always seeded from (seed, epoch):
-        "rows": a full `random_shuffle` of the encoded rows (an all-to-all exchange);
-        "window": shard files in a new order, then each run of `shuffle_window` encoded rows
-            permuted before decoding (no exchange, so reading, decoding and augmenting fuse
-            into one task);
-        "files": only the order of shard files changes.
-    shuffle_window: encoded rows permuted together in "window" mode (about 100 kB each for
-        VOC-sized JPEGs, so 64 rows hold a few MB before decoding).
-    actors: run decode/augment on a pool of long-lived actors instead of tasks.
-    split_reads: ask the reader for one block per augment call (`override_num_blocks`).
-        Without it Ray Data bundles small shard files into a single block, which a single
-        task then decodes alone while the other CPUs idle (measured: the main ingest gap).
-    """
-
-    batch_size: int = 32
-    num_cpus: float = 1.0
-    concurrency: int | None = None
-    shuffle: ShuffleMode = "window"
-    shuffle_window: int = 64
-    actors: bool = False
-    split_reads: bool = True
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"IngestOptions.batch_size must be >= 1, got {self.batch_size}")
-        if self.num_cpus <= 0:
-            raise ValueError(f"IngestOptions.num_cpus must be > 0, got {self.num_cpus}")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise ValueError(
-                f"IngestOptions.concurrency must be None or >= 1, got {self.concurrency}"
-            )
-        if self.shuffle not in SHUFFLE_MODES:
-            raise ValueError(
-                f"IngestOptions.shuffle must be one of {SHUFFLE_MODES}, got {self.shuffle!r}"
-            )
-        if self.shuffle_window < 1:
-            raise ValueError(
-                f"IngestOptions.shuffle_window must be >= 1, got {self.shuffle_window}"
-            )
-
-    @property
-    def rows_per_call(self) -> int:
-        """Encoded rows handed to one augment call: a shuffle window or one output block."""
-        return self.shuffle_window if self.shuffle == "window" else self.batch_size
-
-    def read_blocks(self, rows: int, rows_per_block: int) -> int | None:
-        """`override_num_blocks` for a split of `rows` rows (None: Ray Data decides)."""
-        return max(1, -(-rows // rows_per_block)) if self.split_reads else None
 
 
 def sample_seed(seed: int, epoch: int, sample_id: str) -> list[int]:
@@ -151,7 +91,7 @@ def completed_passes(context: DataContext) -> int:
 
 @dataclass(frozen=True)
 class _AugmentBatch:
-    """map_batches callable: encoded rows -> blocks of image float32 (B, 3, H, W), mask int64
+    """map_batches callable: encoded rows -> blocks of image uint8 (B, H, W, 3), mask uint8
     (B, H, W), B <= batch_size; with `shuffle_window` the encoded rows are permuted first."""
 
     augmentation: AugmentationConfig
@@ -180,8 +120,8 @@ class _AugmentBatch:
         self, batch: dict[str, np.ndarray], indices: np.ndarray, epoch: int
     ) -> dict[str, np.ndarray]:
         crop_height, crop_width = self.augmentation.crop_size
-        images = np.empty((len(indices), 3, crop_height, crop_width), dtype=np.float32)
-        masks = np.empty((len(indices), crop_height, crop_width), dtype=np.int64)
+        images = np.empty((len(indices), crop_height, crop_width, 3), dtype=np.uint8)
+        masks = np.empty((len(indices), crop_height, crop_width), dtype=np.uint8)
         for position, index in enumerate(indices):
             sample_id = str(batch["id"][index])
             image, mask = _decode_pair(batch, int(index))
@@ -222,9 +162,10 @@ def train_dataset(
 ) -> ray.data.Dataset:
     """Augmented training samples of one split, reshuffled and re-augmented every epoch.
 
-    Columns: `image` float32 (3, crop_h, crop_w) normalised, `mask` int64 (crop_h, crop_w)
+    Columns: `image` uint8 (crop_h, crop_w, 3) RGB, not normalised (the training step does
+    that on its device: `pipeline.train.step.batch_to_device`), `mask` uint8 (crop_h, crop_w)
     with ignore_index on padding; every row has the crop shape, so `iter_torch_batches`
-    stacks them into (B, 3, H, W) / (B, H, W). See the module docstring for which randomness
+    stacks them into (B, H, W, 3) / (B, H, W). See the module docstring for which randomness
     is reproducible: augmentation depends only on (seed, epoch, sample id), with epoch =
     `first_epoch` + number of completed passes, unless `epoch` pins it.
     """
@@ -338,6 +279,27 @@ def eval_dataset(
     )
 
 
+def training_datasets(
+    data: DataSection, manifest: Manifest, first_epoch: int
+) -> dict[str, ray.data.Dataset]:
+    """What a training run streams: TRAIN_DATASET, its train split augmented (re-augmented every
+    epoch from `data.seed`, starting at `first_epoch`), and VAL_DATASET, its val split at full size."""
+    augmentation = data.augmentation
+    return {
+        TRAIN_DATASET: train_dataset(
+            manifest,
+            data.train_split,
+            augmentation,
+            data.seed,
+            first_epoch=first_epoch,
+            ingest=data.ingest,
+        ),
+        VAL_DATASET: eval_dataset(
+            manifest, data.val_split, augmentation.mean, augmentation.std, ingest=data.ingest
+        ),
+    }
+
+
 class SegmentationDataConfig(ray.train.DataConfig):
     """Ray Train data config: training splits split evenly, evaluation splits exactly.
 
@@ -346,12 +308,17 @@ class SegmentationDataConfig(ray.train.DataConfig):
     lockstep). Every other dataset is streamed with `equal=False`, so across all workers
     each row is read exactly once: no row dropped or repeated to even out the shards, as
     exact metrics need. Workers may then receive different numbers of rows. Every dataset
-    gets `ingest_options()` and the workers' nodes as locality hints.
+    gets `ingest_options(cpu_limit)` and the workers' nodes as locality hints.
     """
 
-    def __init__(self, train_split_names: Sequence[str] = TRAIN_SPLIT_NAMES) -> None:
+    def __init__(
+        self,
+        train_split_names: Sequence[str] = TRAIN_SPLIT_NAMES,
+        cpu_limit: float | None = None,
+    ) -> None:
         super().__init__(datasets_to_split="all")
         self.train_split_names = tuple(train_split_names)
+        self.cpu_limit = cpu_limit
 
     def configure(
         self,
@@ -366,7 +333,7 @@ class SegmentationDataConfig(ray.train.DataConfig):
             if dataset.name is None:
                 dataset.set_name(name)
             dataset = dataset.copy(dataset)
-            dataset.context.execution_options = ingest_options()
+            dataset.context.execution_options = ingest_options(self.cpu_limit)
             splits = dataset.streaming_split(
                 world_size, equal=name in self.train_split_names, locality_hints=worker_node_ids
             )
@@ -375,10 +342,11 @@ class SegmentationDataConfig(ray.train.DataConfig):
         return output
 
 
-def ingest_options() -> ExecutionOptions:
+def ingest_options(cpu_limit: float | None = None) -> ExecutionOptions:
     """Ray Data's options for streaming into Ray Train: those of the current DataContext (in
     Ray Train's dataset manager, the driver's), as Ray's `DataConfig.default_ingest_options`
-    gives them, but built without `exclude_resources`.
+    gives them, but built without `exclude_resources`; with `cpu_limit` Ray Data uses at most
+    that many CPUs (`IngestOptions.cpu_limit`).
 
     Ray 2.60's `default_ingest_options` copies the context's `exclude_resources` into the new
     options through the setter Ray has deprecated, which warns on every training start.
@@ -386,13 +354,18 @@ def ingest_options() -> ExecutionOptions:
     deprecated), so leaving it out builds the same options without the warning.
     """
     current = DataContext.get_current().execution_options
+    limits = current.resource_limits
     return ExecutionOptions(
-        resource_limits=current.resource_limits,
+        resource_limits=limits if cpu_limit is None else limits.copy(cpu=cpu_limit),
         preserve_order=current.preserve_order,
         verbose_progress=current.verbose_progress,
     )
 
 
-def data_config(train_split_name: str = "train") -> SegmentationDataConfig:
-    """The `dataset_config` for `TorchTrainer`: `train_split_name` even, everything else exact."""
-    return SegmentationDataConfig((train_split_name,))
+def data_config(
+    train_split_name: str = TRAIN_DATASET, ingest: IngestOptions | None = None
+) -> SegmentationDataConfig:
+    """The `dataset_config` for `TorchTrainer`: `train_split_name` even, everything else exact,
+    Ray Data limited to `ingest.cpu_limit` CPUs when that is set."""
+    cpu_limit = ingest.cpu_limit if ingest is not None else None
+    return SegmentationDataConfig((train_split_name,), cpu_limit)

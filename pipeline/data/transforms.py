@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -173,25 +174,32 @@ def pad_to_size(
     image: np.ndarray,
     mask: np.ndarray,
     size: tuple[int, int],
-    image_fill: float = 0,
+    image_fill: Sequence[int] | int = 0,
     mask_fill: int = 255,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pad image (C, H, W) and mask (H, W) at the bottom/right up to at least size (h, w).
+    """Pad image (H, W, C) and mask (H, W) at the bottom/right up to at least size (h, w).
 
-    The image is filled with image_fill (0: after normalisation that is the mean colour, as in
-    the reference) and the mask with mask_fill (the ignore index, so padding never trains).
+    The image is filled with image_fill (one value or one per channel) and the mask with
+    mask_fill (the ignore index, so padding never trains).
     """
     height, width = mask.shape
     target_height, target_width = max(size[0], height), max(size[1], width)
     if (target_height, target_width) == (height, width):
         return image, mask
-    padded_image = np.full(
-        (image.shape[0], target_height, target_width), image_fill, dtype=image.dtype
-    )
-    padded_image[:, :height, :width] = image
+    padded_image = np.empty((target_height, target_width, image.shape[2]), dtype=image.dtype)
+    padded_image[...] = np.asarray(image_fill, dtype=image.dtype)
+    padded_image[:height, :width] = image
     padded_mask = np.full((target_height, target_width), mask_fill, dtype=mask.dtype)
     padded_mask[:height, :width] = mask
     return padded_image, padded_mask
+
+
+def mean_colour(config: AugmentationConfig) -> tuple[int, int, int]:
+    """The normalisation mean as uint8 RGB: what padding is filled with. The reference pads
+    the normalised image with 0 (the mean exactly); rounded to uint8 this differs from it by
+    at most 0.5/std (under 0.01 for ImageNet's std), on pixels whose labels are ignored."""
+    red, green, blue = (round(value) for value in config.mean)
+    return red, green, blue
 
 
 # ---------------------------------------------------------------- colour
@@ -267,13 +275,21 @@ def normalize(
 
 
 def augment_sample(
-    image: np.ndarray, mask: np.ndarray, config: AugmentationConfig, rng: np.random.Generator
+    image: np.ndarray,
+    mask: np.ndarray,
+    config: AugmentationConfig,
+    rng: np.random.Generator,
+    *,
+    pad: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply the full training augmentation to one sample.
 
     image: uint8 (H, W, 3) RGB; mask: uint8 (H, W) class indices.
-    Returns image float32 (3, crop_h, crop_w) normalised and mask int64 (crop_h, crop_w);
-    the output shape is always config.crop_size.
+    Returns image uint8 (crop_h, crop_w, 3) and mask uint8 (crop_h, crop_w): the output shape
+    is always config.crop_size, padded at the bottom/right with `mean_colour` and the ignore
+    index (without `pad`, as cropped: at most the crop size). Normalisation (`normalize`, or
+    `pipeline.train.step` on the training worker's device) comes after: uint8 travels at a
+    quarter of float32's size.
     """
     if image.shape[:2] != mask.shape:
         raise ValueError(
@@ -294,8 +310,8 @@ def augment_sample(
         image, mask = horizontal_flip(image, mask)
     if config.photometric:
         image = photometric_distortion(image, rng)
-    normalized = normalize(image, config.mean, config.std)
-    normalized, mask = pad_to_size(
-        normalized, mask, config.crop_size, image_fill=0.0, mask_fill=config.ignore_index
+    if not pad:
+        return image, mask
+    return pad_to_size(
+        image, mask, config.crop_size, image_fill=mean_colour(config), mask_fill=config.ignore_index
     )
-    return normalized, mask.astype(np.int64)

@@ -10,4 +10,6 @@ Public names:
 - `testtime`: `TestTimeOptions`, `predict_label_map` (whole, slide, multi-scale + flip).
 - `counts`: `count_split_distributed`, `evaluate_locally`, `SplitCounts`.
 - `pictures`: `palette_png`, `overlay`, `sample_grid`, `confusion_figure`.
+- `preview`: `write_training_preview`, the picture a training run ends with (what
+  jobs/train.py calls; the same grid as `evaluation.prediction_grid`).
 """

@@ -294,23 +294,31 @@ def _log_artifacts(tracker, request, inference, manifest, counts, scores, table)
         confusion_figure(counts.confusion, manifest.class_names), f"{split}_confusion.png"
     )
     if request.num_samples > 0:
-        grid = _sample_grid(request, inference, manifest)
+        grid = prediction_grid(inference, manifest, split, request.options, request.num_samples)
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"{split}_samples.png"
             Image.fromarray(grid).save(path)
             tracker.log_artifact(path)
 
 
-def _sample_grid(request, inference: InferenceModel, manifest: Manifest) -> np.ndarray:
-    """image | ground truth | prediction for the split's first samples, predicted here."""
+def prediction_grid(
+    inference: InferenceModel,
+    manifest: Manifest,
+    split: str,
+    options: TestTimeOptions,
+    num_samples: int,
+) -> np.ndarray:
+    """uint8 (H, W, 3): the titled `sample_grid` (image | ground truth | prediction, with the
+    palette's legend) of the split's first `num_samples` samples, predicted in this process
+    at each image's own size, as evaluation predicts them.
+
+    Raises ValueError when the split has no samples.
+    """
     mean = np.asarray(inference.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(inference.std, dtype=np.float32)[:, None, None]
     panels = []
-    samples = read_split_samples(
-        manifest, request.split, inference.mean, inference.std, request.num_samples
-    )
-    for sample in samples:
-        prediction = predict_label_map(inference.model, sample.image, request.options)
+    for sample in read_split_samples(manifest, split, inference.mean, inference.std, num_samples):
+        prediction = predict_label_map(inference.model, sample.image, options)
         rgb = np.clip(np.rint(sample.image * std + mean), 0, 255).astype(np.uint8)
         panels.append(SamplePanel(rgb.transpose(1, 2, 0), sample.mask, prediction))
     return sample_grid(panels, manifest.palette, manifest.class_names, manifest.ignore_index)

@@ -64,8 +64,9 @@ class PredictionReport:
         return len(self.sizes)
 
 
-def write_png_atomically(picture: Image.Image, path: Path) -> None:
-    """Encode `picture` as PNG and write it whole to `path` (see `write_bytes_atomically`)."""
+def write_png_atomically(picture: Image.Image, path: str | Path) -> None:
+    """Encode `picture` as PNG and write it whole to `path`, a local path or an s3:// / gs://
+    URI (see `write_bytes_atomically`)."""
     encoded = io.BytesIO()
     picture.save(encoded, format="PNG")
     write_bytes_atomically(path, encoded.getvalue())

@@ -176,6 +176,16 @@ class RunTracker:
         tracker.set_tags(all_tags)
         return tracker
 
+    @classmethod
+    def attach(cls, run_id: str, *, tracking_uri: str | None = None) -> RunTracker:
+        """The existing run `run_id`, to add to it (an artifact made after the run ended)
+        without reopening it: its status stays as it is. Raises MlflowException when the
+        store has no such run."""
+        uri, _ = resolve_tracking(tracking_uri, None)
+        client = tracking_client(uri)
+        run = call_with_retry(lambda: client.get_run(run_id), uri)
+        return cls(client, uri, run, resumed=True)
+
     @property
     def run_id(self) -> str:
         return self._run_id

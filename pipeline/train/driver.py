@@ -22,12 +22,11 @@ from pipeline.config.schema import (
     ConfigError,
     ExperimentConfig,
     changed_keys,
-    config_to_dict,
     config_to_yaml,
     flatten_config,
 )
 from pipeline.data.builtin import TrainingData, load_training_data
-from pipeline.data.ingest import data_config, eval_dataset, train_dataset
+from pipeline.data.ingest import data_config, training_datasets
 from pipeline.data.majority_baseline import class_pixel_counts, majority_class_miou
 from pipeline.data.shards import Manifest, manifest_digest
 from pipeline.tracking.tags import (
@@ -36,7 +35,7 @@ from pipeline.tracking.tags import (
     MANIFEST_HASH_TAG,
     RUN_OUTCOME_TAG,
 )
-from pipeline.train import console
+from pipeline.train import console, startup
 from pipeline.train.connection import connect
 from pipeline.train.failures import NonFiniteLossError, failure_config, workers_not_placed
 from pipeline.train.hooks import TrainingHook, hooks_from_environment
@@ -55,8 +54,6 @@ from pipeline.train.run_folder import (
 from pipeline.train.state import RunDescription, read_progress
 from pipeline.train.worker import (
     NONFINITE_STATUS,
-    TRAIN_SPLIT,
-    VAL_SPLIT,
     LoopSettings,
     train_loop_per_worker,
 )
@@ -76,6 +73,16 @@ class TrainOutcome:
     mlflow_run_id: str | None = None
     majority_baseline_miou: float | None = None
     final_metrics: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """What COMPLETE.json records (and `train` reads back for a complete run)."""
+        keys = ("run_name", "best_val_miou", "best_checkpoint", "latest_checkpoint")
+        fields = {key: getattr(self, key) for key in keys}
+        return fields | {
+            "mlflow_run_id": self.mlflow_run_id,
+            "majority_baseline_miou": self.majority_baseline_miou,
+            "finished_at": datetime.now().isoformat(timespec="seconds"),
+        }
 
 
 def train(
@@ -122,6 +129,7 @@ def train(
         storage_path=storage,
         baseline_miou=baseline,
         on_start=on_start,
+        process_started_unix_s=startup.process_start_unix_s(),
     )
 
 
@@ -137,6 +145,7 @@ def fit_run(
     baseline_miou: float | None = None,
     on_start: Callable[[console.RunStart], None] | None = None,
     show_console: bool = True,
+    process_started_unix_s: float | None = None,
 ) -> TrainOutcome:
     """Fit one named run with Ray Train and record it in MLflow; resume it if it exists.
 
@@ -144,12 +153,14 @@ def fit_run(
     `hooks` run inside every worker's loop (see `pipeline.train.hooks`), after any named by
     the `APCNET_TRAINING_HOOKS` environment variable. `on_start` as in `train`. With
     `show_console` rank 0 prints the placement, a bar and a line per epoch (not in a trial).
+    `process_started_unix_s`, the job's process start, opens the start-up timeline.
 
     Raises NonFiniteLossError when the loss became NaN/inf (no restart; the last good
     checkpoint is kept), ray.train.TrainingFailedError when workers failed more than
     `scaling.max_failures` times.
     """
     connect()
+    marks = {"driver_process": process_started_unix_s, "ray_connected": startup.now()}
     storage = storage_root(config, storage_path)
     folder = run_folder(run_name, storage)
     data = data or load_training_data(config.data)
@@ -164,9 +175,10 @@ def fit_run(
     tracker = None
     if config.tracking.enabled:
         tracker = _open_driver_tracker(config, run_name, settings, mlflow_parent_run_id)
+    marks["fit_called"] = startup.now()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"settings": settings},
+        train_loop_config={"settings": settings, "startup_marks": marks},
         torch_config=TorchConfig(timeout_s=config.scaling.process_group_timeout_s),
         scaling_config=ScalingConfig(
             num_workers=config.scaling.num_workers,
@@ -186,8 +198,8 @@ def fit_run(
             callbacks=list(extra_callbacks),
             logging_config=console.train_logging_config(),
         ),
-        datasets=_datasets(config, manifest, resumed_after),
-        dataset_config=data_config(TRAIN_SPLIT),
+        datasets=training_datasets(config.data, manifest, resumed_after),
+        dataset_config=data_config(ingest=config.data.ingest),
     )
     try:
         result = trainer.fit()
@@ -231,7 +243,7 @@ def fit_run(
     if tracker is not None:
         _log_final_artifacts(tracker, outcome, best_metrics, manifest)
         tracker.set_terminated("FINISHED")
-    _write_complete_marker(outcome)
+    write_complete_marker(outcome.run_folder, outcome.summary())
     return outcome
 
 
@@ -271,7 +283,6 @@ def _loop_settings(
         assert optimization.epochs is not None
         total_epochs = optimization.epochs
         total_iterations = total_epochs * iterations_per_epoch
-    augmentation = config.data.augmentation
     tracking_uri, experiment = _tracking_target(config)
     from pipeline.tracking.provenance import git_commit
 
@@ -279,16 +290,7 @@ def _loop_settings(
         config=config,
         run_name=run_name,
         run_folder=str(folder),
-        description=RunDescription(
-            run_name=run_name,
-            class_names=manifest.class_names,
-            palette=manifest.palette,
-            ignore_index=manifest.ignore_index,
-            mean=tuple(augmentation.mean),
-            std=tuple(augmentation.std),
-            config=config_to_dict(config),
-            manifest_path=data.manifest_file,
-        ),
+        description=RunDescription.of_run(run_name, config, manifest, data.manifest_file),
         iterations_per_epoch=iterations_per_epoch,
         total_epochs=total_epochs,
         total_iterations=total_iterations,
@@ -359,36 +361,6 @@ def _best_metrics(result: Any) -> dict[str, Any]:
         and not math.isnan(metrics[SCORE_METRIC])
     ]
     return max(scored, key=lambda metrics: metrics[SCORE_METRIC]) if scored else {}
-
-
-def _write_complete_marker(outcome: TrainOutcome) -> None:
-    summary = {
-        "run_name": outcome.run_name,
-        "best_val_miou": outcome.best_val_miou,
-        "best_checkpoint": outcome.best_checkpoint,
-        "latest_checkpoint": outcome.latest_checkpoint,
-        "mlflow_run_id": outcome.mlflow_run_id,
-        "majority_baseline_miou": outcome.majority_baseline_miou,
-        "finished_at": datetime.now().isoformat(timespec="seconds"),
-    }
-    write_complete_marker(outcome.run_folder, summary)
-
-
-def _datasets(config: ExperimentConfig, manifest: Manifest, first_epoch: int) -> dict[str, Any]:
-    """Train split augmented (re-augmented each epoch from data.seed), val split at full size."""
-    augmentation = config.data.augmentation
-    return {
-        TRAIN_SPLIT: train_dataset(
-            manifest,
-            config.data.train_split,
-            augmentation,
-            config.data.seed,
-            first_epoch=first_epoch,
-        ),
-        VAL_SPLIT: eval_dataset(
-            manifest, config.data.val_split, augmentation.mean, augmentation.std
-        ),
-    }
 
 
 def _try(lookup: Any, run_name: str, storage: str) -> str | None:

@@ -6,7 +6,9 @@ file), the run keeps two records of its own:
 - `config.yaml`: the resolved config the run was started with (written once, at the start);
 - `COMPLETE.json`: written last, when the run has finished: its summary. A run is complete
   exactly when this file exists.
-Both are written atomically (`pipeline.storage`), so a crash never leaves a half file. The
+Both are written atomically (`pipeline.storage`), so a crash never leaves a half file. After
+`COMPLETE.json`, `jobs/train.py` adds `preview.png`, a picture of a few validation images and
+their predictions (`pipeline.evaluate.preview`); it says nothing about completeness. The
 storage may be a local (or shared) folder or an object store (s3://, gs://): locations are
 strings, absolute local paths or URIs.
 
@@ -32,6 +34,7 @@ from pipeline.train.state import CHECKPOINT_FILE, read_progress
 
 COMPLETE_MARKER = "COMPLETE.json"
 CONFIG_FILE = "config.yaml"
+PREVIEW_FILE = "preview.png"
 RUNS_FOLDER = "runs"
 SCORE_METRIC = "val_miou"
 

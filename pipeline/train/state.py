@@ -18,6 +18,8 @@ from torch import nn
 
 from apcnet.checkpoint import load_checkpoint, save_checkpoint
 from pipeline import storage
+from pipeline.config.schema import ExperimentConfig, config_to_dict
+from pipeline.data.shards import Manifest
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FOLDER_PREFIX = "epoch_"
@@ -40,6 +42,24 @@ class RunDescription:
     std: tuple[float, float, float]
     config: dict[str, Any]
     manifest_path: str
+
+    @staticmethod
+    def of_run(
+        run_name: str, config: ExperimentConfig, manifest: Manifest, manifest_path: str
+    ) -> RunDescription:
+        """The description of run `run_name` training with `config` on `manifest` (whose
+        file is `manifest_path`)."""
+        augmentation = config.data.augmentation
+        return RunDescription(
+            run_name=run_name,
+            class_names=manifest.class_names,
+            palette=manifest.palette,
+            ignore_index=manifest.ignore_index,
+            mean=tuple(augmentation.mean),
+            std=tuple(augmentation.std),
+            config=config_to_dict(config),
+            manifest_path=manifest_path,
+        )
 
 
 @dataclass(frozen=True)

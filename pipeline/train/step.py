@@ -14,21 +14,32 @@ import torch
 from torch import nn
 
 from apcnet.loss import segmentation_loss
+from pipeline.config.augmentation import AugmentationConfig
 from pipeline.config.schema import ExperimentConfig
 from pipeline.train.model import DeviceFeatures
 from pipeline.train.state import TrainingState
 
 
 def batch_to_device(
-    batch: Mapping[str, torch.Tensor], device: torch.device, channels_last: bool
+    batch: Mapping[str, torch.Tensor],
+    device: torch.device,
+    channels_last: bool,
+    augmentation: AugmentationConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, 3, H, W) float32, masks (N, H, W) int64) on `device`, from a batch with
-    "image" and "mask"; images in channels_last memory format when asked."""
-    images = batch["image"].to(device, non_blocking=True)
+    """(images (N, 3, H, W) float32 normalised, masks (N, H, W) int64) on `device`, from a
+    batch as the ingest gives it: "image" uint8 (N, H, W, 3) RGB and "mask" uint8 (N, H, W).
+
+    The uint8 images travel to the device (a quarter of float32's bytes) and are normalised
+    there with `augmentation.mean` / `std`; their NHWC layout is already channels_last, so
+    that memory format costs no copy and the classic layout one.
+    """
+    pixels = batch["image"].to(device, non_blocking=True).permute(0, 3, 1, 2)
     masks = batch["mask"].to(device, dtype=torch.int64, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, masks
+    mean = torch.tensor(augmentation.mean, device=device).view(1, 3, 1, 1)
+    scale = 1.0 / torch.tensor(augmentation.std, device=device).view(1, 3, 1, 1)
+    images = (pixels.float() - mean) * scale
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return images.contiguous(memory_format=layout), masks
 
 
 def forward_loss(

@@ -31,6 +31,8 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.config.schema import ExperimentConfig
+from pipeline.data.ingest import TRAIN_DATASET, VAL_DATASET
+from pipeline.train import startup
 from pipeline.train.console import epoch_bar, placement_line, quiet_training_worker
 from pipeline.train.hooks import LoopPosition, TrainingHook
 from pipeline.train.model import DeviceFeatures, build_training_state, device_features
@@ -40,8 +42,6 @@ from pipeline.train.validation import validate
 
 COMPLETED_STATUS = "completed"
 NONFINITE_STATUS = "nonfinite_loss"
-TRAIN_SPLIT = "train"
-VAL_SPLIT = "val"
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ class EpochResult:
     iterations: int
     seconds: float
     data_wait_s: float
+    first_batch_unix_s: float | None
     first_step_unix_s: float | None
     nonfinite_at_iteration: int | None
 
@@ -107,6 +108,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     Returns (rank 0's value becomes `Result.return_value`) {"status": "completed"} or
     {"status": "nonfinite_loss", "epoch": e, "global_iteration": i}.
     """
+    marks = {**loop_config.get("startup_marks", {}), "loop_started": startup.now()}
     quiet_training_worker()
     settings: LoopSettings = loop_config["settings"]
     worker = Worker.current(settings)
@@ -124,22 +126,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         worker.say(f"resuming {settings.run_name} after epoch {state.progress.epoch}")
     model = ray.train.torch.prepare_model(state.model) if worker.world_size > 1 else state.model
     tracker = _open_tracker(settings, worker, _node_of_each_rank(worker))
-    train_shard = ray.train.get_dataset_shard(TRAIN_SPLIT)
-    val_shard = ray.train.get_dataset_shard(VAL_SPLIT)
+    train_shard = ray.train.get_dataset_shard(TRAIN_DATASET)
+    val_shard = ray.train.get_dataset_shard(VAL_DATASET)
     first_step_unix_s = float("nan")
+    marks["model_ready"] = startup.now()
 
     for epoch in range(state.progress.epoch + 1, settings.total_epochs + 1):
         result = train_one_epoch(model, state, train_shard, settings, worker, epoch)
         if result.nonfinite_at_iteration is not None:
             return _stop_on_nonfinite_loss(epoch, result.nonfinite_at_iteration, tracker, worker)
+        timeline: dict[str, float] = {}
         if math.isnan(first_step_unix_s) and result.first_step_unix_s is not None:
+            # This attempt's first epoch carries the start-up timeline.
             first_step_unix_s = result.first_step_unix_s
-        metrics = _epoch_metrics(epoch, result, state, first_step_unix_s)
+            marks |= {"first_batch": result.first_batch_unix_s, "first_step": first_step_unix_s}
+            timeline = startup.mark_metrics(marks)
+            timeline |= startup.phase_seconds(timeline)
+        metrics = _epoch_metrics(epoch, result, state, first_step_unix_s) | timeline
         if settings.validates_after(epoch):
             metrics |= _validate(state.model, val_shard, settings, worker)
         if tracker is not None:
             tracker.log_metrics(_tracked(metrics), step=epoch)
         worker.say(_epoch_line(metrics, settings.total_epochs))
+        if (startup_line := startup.startup_line(metrics)) is not None:
+            worker.say(startup_line)
         for hook in settings.hooks:
             hook.epoch_logged(_position(settings, worker, epoch, state.progress.global_iteration))
         state = state.after_epoch(epoch, result.iterations, metrics)
@@ -166,7 +176,9 @@ def train_one_epoch(
     loss_sum, iterations, images_seen, first_step = 0.0, 0, 0, None
     batches = _TimedBatches(
         train_shard.iter_torch_batches(
-            batch_size=config.optimization.batch_size // worker.world_size, drop_last=True
+            batch_size=config.optimization.batch_size // worker.world_size,
+            drop_last=True,
+            prefetch_batches=config.data.ingest.prefetch_batches,
         )
     )
     bar = epoch_bar(worker.speaks, epoch, settings.total_epochs, settings.iterations_per_epoch)
@@ -177,7 +189,9 @@ def train_one_epoch(
         position = _position(settings, worker, epoch, iteration)
         for hook in settings.hooks:
             hook.before_step(position)
-        images, masks = batch_to_device(batch, worker.device, features.channels_last)
+        images, masks = batch_to_device(
+            batch, worker.device, features.channels_last, config.data.augmentation
+        )
         loss = forward_loss(
             model, images, masks, features, config, settings.description.ignore_index
         )
@@ -188,7 +202,9 @@ def train_one_epoch(
         global_loss = _all_reduce_mean(loss.detach().float())
         if not math.isfinite(global_loss):
             bar.close()
-            return EpochResult(math.nan, 0, iterations, 0.0, batches.wait_s, first_step, iteration)
+            return EpochResult(
+                math.nan, 0, iterations, 0.0, batches.wait_s, None, first_step, iteration
+            )
         optimisation_step(state, loss, config.optimization.grad_clip_norm)
         first_step = first_step or time.time()
         loss_sum += global_loss
@@ -202,6 +218,7 @@ def train_one_epoch(
         iterations=iterations,
         seconds=time.perf_counter() - started,
         data_wait_s=batches.wait_s,
+        first_batch_unix_s=batches.first_batch_unix_s,
         first_step_unix_s=first_step,
         nonfinite_at_iteration=None,
     )
@@ -219,6 +236,7 @@ class _TimedBatches:
         self._batches = batches
         self._iterator: Iterator[Any] | None = None
         self.wait_s = 0.0
+        self.first_batch_unix_s: float | None = None
 
     def __iter__(self) -> _TimedBatches:
         return self
@@ -228,7 +246,9 @@ class _TimedBatches:
         try:
             if self._iterator is None:
                 self._iterator = iter(self._batches)
-            return next(self._iterator)
+            batch = next(self._iterator)
+            self.first_batch_unix_s = self.first_batch_unix_s or startup.now()
+            return batch
         finally:
             self.wait_s += time.perf_counter() - asked
 
@@ -346,7 +366,7 @@ def _open_tracker(settings: LoopSettings, worker: Worker, nodes: list[str]) -> A
 def _tracked(metrics: dict[str, float]) -> dict[str, float]:
     """What goes to MLflow: everything but bookkeeping values, and no nan placeholders."""
     skipped = {"epoch", "first_step_unix_s"}
-    return {k: v for k, v in metrics.items() if k not in skipped}
+    return {k: v for k, v in metrics.items() if k not in skipped and not startup.is_mark(k)}
 
 
 # The console's epoch line: (metric, format) in order, each shown when the epoch has it.

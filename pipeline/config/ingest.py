@@ -1,0 +1,95 @@
+"""The `data.ingest` config section: how Ray Data feeds the training workers.
+
+`pipeline.data.ingest` applies it; it lives with the config so that the config imports no other
+part of the pipeline.
+
+The CPU split on a node: the training workers hold `scaling.resources_per_worker` each, and
+Ray Train takes those CPUs out of Ray Data's budget; Ray Data decodes and augments with what is
+left, or with at most `cpu_limit` CPUs when that is set. On a small CPU-only node the workers'
+CPU fraction is the real lever (the default: 2 workers x 0.5 of a 2-core laptop leave one CPU,
+run as two tasks of half a CPU each); on a GPU node give the workers one CPU each and Ray Data
+the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ShuffleMode = Literal["rows", "window", "files"]
+SHUFFLE_MODES: tuple[ShuffleMode, ...] = ("rows", "window", "files")
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """Throughput knobs of the decode + augment stage (defaults measured by benchmarks/ingest.py).
+
+    batch_size: rows per augmented output block. 32 (fewer blocks, less per-block overhead)
+        was the best under load and level with 8 on a quiet machine; blocks hold uint8 images
+        and masks (a 512 crop is about 1 MB per row).
+    num_cpus: CPUs reserved per decode/augment task (or actor). Half a CPU lets two tasks
+        share one CPU, which hides each task's start-up and reading behind the other's work.
+    concurrency: maximum parallel tasks (None: as many as the CPU budget allows); with
+        `actors` the fixed size of the actor pool (None: one actor per whole CPU requested).
+    cpu_limit: Ray Data's CPUs while it feeds training (None: what the training workers
+        leave of the cluster).
+    prefetch_batches: batches each training worker asks for ahead of the one it trains on.
+    shuffle: how rows are reordered every epoch, always seeded from (seed, epoch):
+        "rows": a full `random_shuffle` of the encoded rows (an all-to-all exchange);
+        "window": shard files in a new order, then each run of `shuffle_window` encoded rows
+            permuted before decoding (no exchange, so reading, decoding and augmenting fuse
+            into one task);
+        "files": only the order of shard files changes.
+    shuffle_window: encoded rows permuted together in "window" mode (about 100 kB each for
+        VOC-sized JPEGs, so 64 rows hold a few MB before decoding).
+    actors: run decode/augment on a pool of long-lived actors instead of tasks.
+    split_reads: ask the reader for one block per augment call (`override_num_blocks`).
+        Without it Ray Data bundles small shard files into a single block, which a single
+        task then decodes alone while the other CPUs idle (measured: the main ingest gap).
+    """
+
+    batch_size: int = 32
+    num_cpus: float = 1.0
+    concurrency: int | None = None
+    cpu_limit: float | None = None
+    prefetch_batches: int = 2
+    shuffle: ShuffleMode = "window"
+    shuffle_window: int = 64
+    actors: bool = False
+    split_reads: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"IngestOptions.batch_size must be >= 1, got {self.batch_size}")
+        if self.num_cpus <= 0:
+            raise ValueError(f"IngestOptions.num_cpus must be > 0, got {self.num_cpus}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError(
+                f"IngestOptions.concurrency must be None or >= 1, got {self.concurrency}"
+            )
+        if self.cpu_limit is not None and self.cpu_limit < self.num_cpus:
+            raise ValueError(
+                f"IngestOptions.cpu_limit must be None or at least num_cpus ({self.num_cpus}), "
+                f"got {self.cpu_limit}"
+            )
+        if self.prefetch_batches < 0:
+            raise ValueError(
+                f"IngestOptions.prefetch_batches must be >= 0, got {self.prefetch_batches}"
+            )
+        if self.shuffle not in SHUFFLE_MODES:
+            raise ValueError(
+                f"IngestOptions.shuffle must be one of {SHUFFLE_MODES}, got {self.shuffle!r}"
+            )
+        if self.shuffle_window < 1:
+            raise ValueError(
+                f"IngestOptions.shuffle_window must be >= 1, got {self.shuffle_window}"
+            )
+
+    @property
+    def rows_per_call(self) -> int:
+        """Encoded rows handed to one augment call: a shuffle window or one output block."""
+        return self.shuffle_window if self.shuffle == "window" else self.batch_size
+
+    def read_blocks(self, rows: int, rows_per_block: int) -> int | None:
+        """`override_num_blocks` for a split of `rows` rows (None: Ray Data decides)."""
+        return max(1, -(-rows // rows_per_block)) if self.split_reads else None

@@ -1,0 +1,98 @@
+"""Where a run's start-up time goes: wall-clock marks from the driver's start to the first step.
+
+The driver marks its own process start, the moment Ray answered and the moment it handed the
+trainer to Ray; rank 0 marks the start of its training loop (its process placed, torch
+imported, the process group formed), the model ready, the first batch received and the first
+optimisation step finished. The first epoch of each attempt carries the marks in its metrics
+(`startup/<mark>_unix_s`, kept in the checkpoint's history, not sent to MLflow as such) and
+MLflow gets the phase durations (`startup/<phase>_s`). `benchmarks/train.py` adds the time
+from `ray job submit` to the driver's start.
+
+Unix seconds (not a monotonic clock) because the marks come from different processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from itertools import pairwise
+
+MARK_PREFIX = "startup/"
+# In order. Each phase runs from the previous mark to its own.
+MARKS = (
+    "driver_process",  # the driver's Python process started (job start before it)
+    "ray_connected",  # imports done, Ray initialised or joined
+    "fit_called",  # data set verified, MLflow run opened, trainer handed to Ray
+    "loop_started",  # Ray Train's controller and worker group up, torch imported, DDP formed
+    "model_ready",  # model, optimizer and checkpoint restore on the worker, MLflow opened
+    "first_batch",  # Ray Data planned and streamed the first batch to rank 0
+    "first_step",  # the first forward, backward and optimizer step
+)
+# Each phase's short name (the console) and description (benchmarks/train.py).
+PHASES = {
+    "ray_connected": ("ray", "imports and Ray connection"),
+    "fit_called": ("set-up", "run set-up (data set check, MLflow)"),
+    "loop_started": ("workers", "trainer controller, worker group, torch import"),
+    "model_ready": ("model", "model build on the worker"),
+    "first_batch": ("first batch", "data set planning and first batch"),
+    "first_step": ("first step", "first training step"),
+}
+
+
+def process_start_unix_s() -> float | None:
+    """When this process started (Linux /proc), or None where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as stat:
+            # Field 22, counted after the command name (which may contain spaces).
+            after_name = stat.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as system:
+            boot = next(int(line.split()[1]) for line in system if line.startswith("btime"))
+        return boot + int(after_name[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+
+
+def now() -> float:
+    return time.time()
+
+
+def mark_metrics(marks: dict[str, float | None]) -> dict[str, float]:
+    """`startup/<mark>_unix_s` for each known mark that was taken."""
+    return {
+        f"{MARK_PREFIX}{name}_unix_s": float(marks[name])
+        for name in MARKS
+        if marks.get(name) is not None
+    }
+
+
+def phase_seconds(metrics: dict[str, float]) -> dict[str, float]:
+    """Each phase's duration, `startup/<mark>_s`, from the marks in `metrics`, plus
+    `startup/total_s` from the first mark present to the first step."""
+    taken = [
+        (name, metrics[f"{MARK_PREFIX}{name}_unix_s"])
+        for name in MARKS
+        if f"{MARK_PREFIX}{name}_unix_s" in metrics
+    ]
+    phases = {
+        f"{MARK_PREFIX}{name}_s": at - previous_at
+        for (_, previous_at), (name, at) in pairwise(taken)
+    }
+    if len(taken) > 1 and taken[-1][0] == "first_step":
+        phases[f"{MARK_PREFIX}total_s"] = taken[-1][1] - taken[0][1]
+    return phases
+
+
+def is_mark(key: str) -> bool:
+    return key.startswith(MARK_PREFIX) and key.endswith("_unix_s")
+
+
+def startup_line(metrics: dict[str, float]) -> str | None:
+    """One console line: the total from the driver's start to the first step and its phases."""
+    phases = phase_seconds(metrics)
+    total = phases.pop(f"{MARK_PREFIX}total_s", None)
+    if total is None:
+        return None
+    parts = ", ".join(
+        f"{PHASES[key[len(MARK_PREFIX) : -2]][0]} {seconds:.1f}" for key, seconds in phases.items()
+    )
+    return f"start-up  {total:.1f} s to the first step ({parts})"
