@@ -17,7 +17,7 @@ import os
 import pickle
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,17 +216,21 @@ def save_checkpoint(
         "optimizer_state": None if optimizer_state is None else _to_cpu(dict(optimizer_state)),
         "extra": {} if extra is None else _to_cpu(dict(extra)),
     }
-    _write_atomically(path, payload)
+    write_atomically(path, lambda temporary: torch.save(payload, temporary))
     return path
 
 
-def _write_atomically(path: Path, payload: dict[str, Any]) -> None:
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Make `path` appear complete or not at all: `write(temporary)` fills a temporary file in
+    the same folder (created if needed), which is fsynced and renamed over `path`. Nothing is
+    left behind when `write` raises. The temporary name keeps the suffix (torch.export.save
+    wants .pt2)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    unique = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    temporary = path.with_name(f".{path.stem}.{unique}.tmp{path.suffix}")
     try:
-        with open(temporary, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
+        write(temporary)
+        with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
@@ -281,12 +285,27 @@ def _read_file(path: Path, map_location: Any) -> Any:
             f"checkpoint {source} cannot be loaded safely: it is corrupt, or it holds Python "
             f"objects other than tensors and plain containers, so it was not written by "
             f"apcnet.checkpoint.save_checkpoint; for a reference-toolbox (MMSegmentation) "
-            f"checkpoint use apcnet.from_mmseg ({error})"
+            f"checkpoint use apcnet.from_mmseg ({torch_load_reason(error)})"
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(
-            f"checkpoint {source} is unreadable (truncated or corrupt file?): {error}"
+            f"checkpoint {source} is unreadable (truncated or corrupt file?): "
+            f"{torch_load_reason(error)}"
         ) from error
+
+
+def torch_load_reason(error: BaseException) -> str:
+    """torch.load's reason in one sentence, so that a job reports it on one line: the detail
+    after "WeightsUnpickler error:" when there is one (the rest is advice about weights_only),
+    else the first sentence. The whole text stays on the chained exception."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[0].split(". ", 1)[0].removesuffix(".")
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> LoadedCheckpoint:

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from apcnet.norm import SingleValueSafeBatchNorm2d
+from apcnet.pooling import adaptive_avg_pool2d
 
 
 class ConvBNReLU(nn.Module):
@@ -44,7 +45,9 @@ class AdaptiveContextModule(nn.Module):
 
     gla=False is the paper's ablation: the affinity comes from x alone and there is no
     `global_info` conv. The two BatchNorms that see one value per image at batch size 1 (the
-    s=1 sub-region branch and g) use `SingleValueSafeBatchNorm2d`.
+    s=1 sub-region branch and g) use `SingleValueSafeBatchNorm2d`. Both pools go through
+    `apcnet.pooling.adaptive_avg_pool2d`: PyTorch's op in eager mode, an equivalent that is
+    right at every input size in exported programs.
     """
 
     def __init__(
@@ -73,7 +76,7 @@ class AdaptiveContextModule(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = features.shape
-        pooled = self.pooled_redu_conv(F.adaptive_avg_pool2d(features, self.pool_scale))
+        pooled = self.pooled_redu_conv(adaptive_avg_pool2d(features, self.pool_scale))
         local = self.input_redu_conv(features)
         # (N, c, s, s) -> (N, s*s, c): one row per sub-region.
         sub_regions = pooled.flatten(2).transpose(1, 2)
@@ -81,7 +84,7 @@ class AdaptiveContextModule(nn.Module):
         if self.global_info is not None:
             # g is (N, c, 1, 1); adding broadcasts it to every position (what a bilinear
             # resize of a 1x1 map gives).
-            guide = local + self.global_info(F.adaptive_avg_pool2d(local, 1))
+            guide = local + self.global_info(adaptive_avg_pool2d(local, 1))
         # (N, s*s, h, w) -> (N, h*w, s*s): one affinity vector per position.
         affinity = torch.sigmoid(self.gla(guide)).flatten(2).transpose(1, 2)
         context = torch.matmul(affinity, sub_regions)  # (N, h*w, c)

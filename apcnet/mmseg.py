@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from apcnet.checkpoint import torch_load_reason
 from apcnet.model import APCNet
 
 # Input normalisation of the reference checkpoints: RGB, 0-255 values.
@@ -48,10 +49,16 @@ def _read_state_dict(
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             raise ValueError(
-                f"reference checkpoint {source} holds objects that safe loading refuses "
-                f"({error}). If you trust the file, extract its weights once with "
+                f"reference checkpoint {source} is corrupt or holds objects that safe loading "
+                f"refuses ({torch_load_reason(error)}). If you trust the file, extract its "
+                "weights once with "
                 "torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pth') "
-                "and pass weights.pth."
+                "and pass weights.pth"
+            ) from error
+        except (RuntimeError, EOFError, OSError) as error:
+            raise ValueError(
+                f"reference checkpoint {source} is unreadable (truncated or corrupt file?): "
+                f"{torch_load_reason(error)}"
             ) from error
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"reference checkpoint {source} is not a dict but {type(checkpoint)}")

@@ -100,16 +100,22 @@ class APCNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (N, 3, H, W) -> {"out": (N, K, H, W)[, "aux": (N, K, H, W)]}."""
-        size = images.shape[-2:]
         features = self.backbone(images)
-        logits = self.decode_head(features.stage4)
-        result = {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}
+        result = {"out": _at_input_size(self.decode_head(features.stage4), images)}
         if self.aux_head is not None:
-            aux_logits = self.aux_head(features.stage3)
-            result["aux"] = F.interpolate(
-                aux_logits, size=size, mode="bilinear", align_corners=False
-            )
+            result["aux"] = _at_input_size(self.aux_head(features.stage3), images)
         return result
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, H, W) -> the main head's logits (N, K, H, W), `forward(images)["out"]`
+        without computing the auxiliary head: the inference-only pass (what exported files
+        compute)."""
+        return _at_input_size(self.decode_head(self.backbone(images).stage4), images)
+
+
+def _at_input_size(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Logits (N, K, h, w) bilinearly resized (align_corners=False) to the images' H, W."""
+    return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def count_parameters(module: nn.Module | None) -> int:

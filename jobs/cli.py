@@ -2,7 +2,7 @@
 reports a user error as one line.
 
 Every job ends with `sys.exit(run_job(main))`. A mistake the user can fix (a
-`pipeline.errors.UserError`, or an `apcnet.checkpoint.CheckpointError`) prints one line,
+`pipeline.errors.UserError`, or apcnet's `CheckpointError` / `ExportError`) prints one line,
 `error: <message>`, on stderr and exits with code 2, the code argparse uses for a bad option;
 `--debug` adds the traceback. Any other exception is a bug and keeps its traceback.
 
@@ -91,7 +91,9 @@ def _one_line_exit_code(error: Exception) -> int | None:
         return USER_ERROR
     # apcnet/ cannot subclass pipeline's UserError, and importing torch and Ray here would slow
     # the jobs that need neither; an error of a class that was never imported was not raised.
-    if _is_instance(error, "apcnet.checkpoint", "CheckpointError"):
+    if _is_instance(error, "apcnet.checkpoint", "CheckpointError") or _is_instance(
+        error, "apcnet.export", "ExportError"
+    ):
         return USER_ERROR
     if _is_instance(error, "pipeline.train.failures", "NonFiniteLossError"):
         return TRAINING_DIVERGED

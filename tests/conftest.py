@@ -25,6 +25,18 @@ def isolated_home() -> Iterator[Path]:
     shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def single_torch_thread() -> Iterator[None]:
+    """Small tensors on a shared 2-core machine: one intra-op thread avoids oversubscription.
+    A module asks for it with `pytestmark = pytest.mark.usefixtures("single_torch_thread")`."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One local Ray instance shared by every test that needs Ray.

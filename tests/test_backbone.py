@@ -9,14 +9,7 @@ import torchvision
 from apcnet import APCNet
 from apcnet.backbone import build_backbone, download_imagenet_weights
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread avoids oversubscription."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _randomise_batchnorms(model: torch.nn.Module) -> None:

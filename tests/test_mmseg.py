@@ -5,11 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_checkpoint import StateDict, reference_state_dict
 
 import apcnet
 from apcnet.mmseg import apcnet_key_to_reference, infer_arguments
-
-StateDict = dict[str, torch.Tensor]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -22,32 +21,9 @@ def single_torch_thread():
     torch.set_num_threads(saved)
 
 
-def _randomise_batchnorms(model: torch.nn.Module, generator: torch.Generator) -> None:
-    """Non-trivial BN statistics and affine parameters, so a wrong BN mapping shows."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
-
-
-def _reference_state_dict(**arguments) -> StateDict:
-    """A random APCNet's weights renamed to the reference toolbox's keys."""
-    torch.manual_seed(0)
-    model = apcnet.APCNet(**arguments)
-    with torch.no_grad():
-        _randomise_batchnorms(model, torch.Generator().manual_seed(1))
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d) and module.bias is not None:
-                module.bias.copy_(torch.randn_like(module.bias) * 0.1)
-    return {apcnet_key_to_reference(key): value for key, value in model.state_dict().items()}
-
-
 @pytest.fixture(scope="module")
 def reference_r50() -> StateDict:
-    return _reference_state_dict(num_classes=5, backbone="resnet50_v1c")
+    return reference_state_dict(num_classes=5, backbone="resnet50_v1c")
 
 
 # ---- an independent forward pass of the reference network, from plain functional ops ----
@@ -193,7 +169,7 @@ def test_from_mmseg_infers_default_architecture(reference_r50):
 
 
 def test_from_mmseg_infers_scales_in_module_order_fusion_and_aux():
-    state_dict = _reference_state_dict(
+    state_dict = reference_state_dict(
         num_classes=3, backbone="resnet50_v1c", pool_scales=(3, 1), fusion=False, aux=False
     )
     arguments = apcnet.from_mmseg(state_dict).arguments
@@ -244,3 +220,14 @@ def test_checkpoint_with_objects_that_safe_loading_refuses_gets_an_extraction_hi
     torch.save({"meta": _UntrustedObject(), "state_dict": {}}, path)
     with pytest.raises(ValueError, match=r"weights_only=False\)\['state_dict'\]"):
         apcnet.from_mmseg(path)
+
+
+@pytest.mark.parametrize(
+    "content", [b"not a checkpoint\n", b"PK\x03\x04 cut short"], ids=["text", "truncated-zip"]
+)
+def test_a_file_that_is_not_a_checkpoint_is_a_one_line_error_naming_it(content, tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"notes\.pth") as raised:
+        apcnet.from_mmseg(path)
+    assert "\n" not in str(raised.value)

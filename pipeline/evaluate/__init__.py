@@ -12,4 +12,6 @@ Public names:
 - `pictures`: `palette_png`, `overlay`, `sample_grid`, `confusion_figure`.
 - `preview`: `write_training_preview`, the picture a training run ends with (what
   jobs/train.py calls; the same grid as `evaluation.prediction_grid`).
+- `export`: `export`, `ExportRequest` (what jobs/export.py calls): the model from a checkpoint,
+  a run or a reference checkpoint, written by `apcnet.export`.
 """
