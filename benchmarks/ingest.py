@@ -158,6 +158,8 @@ VARIANTS: dict[str, Variant] = {
     "default": Variant(IngestOptions()),
     "default cpus0.5": Variant(IngestOptions(num_cpus=0.5)),
     "default prefetch 4": Variant(IngestOptions(prefetch_batches=4)),
+    "window16 b8 cpus0.5": Variant(IngestOptions(batch_size=8, shuffle_window=16, num_cpus=0.5)),
+    "window8 b8": Variant(IngestOptions(batch_size=8, shuffle_window=8)),
     "per-row map": Variant(IngestOptions(), per_row_map=True),
     "rows b8 (previous default)": Variant(IngestOptions(shuffle="rows", batch_size=8)),
     "files b8": Variant(IngestOptions(shuffle="files", batch_size=8)),

@@ -20,12 +20,13 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
-from torchvision import io as torchvision_io
 
 from pipeline.config.augmentation import AugmentationConfig
+
+# torch and torchvision (about 3 s of CPU to import on a small node) are imported where they
+# are used, not here: Ray Train's controller and Ray Data's split coordinators unpickle the
+# training data sets, which import this module, but never decode an image.
 
 # ---------------------------------------------------------------- decoding
 
@@ -45,6 +46,9 @@ def decode_image(data: bytes) -> np.ndarray:
                 # torchvision 0.29 marks its decoders deprecated; they still work and are faster.
                 warnings.simplefilter("ignore", DeprecationWarning)
                 # bytearray copies the read-only bytes so torch gets a writable buffer.
+                import torch
+                from torchvision import io as torchvision_io
+
                 encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
                 chw = torchvision_io.decode_jpeg(encoded, mode=torchvision_io.ImageReadMode.RGB)
             return chw.permute(1, 2, 0).numpy()
@@ -108,6 +112,9 @@ def rescale(
     """Resize image (H, W, 3) uint8 bilinearly and mask (H, W) uint8 by nearest to size (h, w)."""
     if image.shape[:2] == tuple(size):
         return image, mask
+    import torch
+    import torch.nn.functional as F
+
     image_tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
     resized_image = F.interpolate(image_tensor, size=size, mode="bilinear", align_corners=False)
     mask_tensor = torch.from_numpy(np.ascontiguousarray(mask))[None, None]
