@@ -161,6 +161,7 @@ def fit_run(
     """
     connect()
     marks = {"driver_process": process_started_unix_s, "ray_connected": startup.now()}
+    startup.apply_ray_train_settings()
     storage = storage_root(config, storage_path)
     folder = run_folder(run_name, storage)
     data = data or load_training_data(config.data)

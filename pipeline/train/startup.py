@@ -39,6 +39,21 @@ PHASES = {
 }
 
 
+# Ray Train V2's controller acts on its worker group only when it polls it, at least
+# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S apart (2 s by default): placing the group, launching the
+# training function, taking in each `ray.train.report` and seeing the end each wait for the next
+# poll. Half a second keeps that wait short for a run of a few workers; the poll is one
+# small RPC per worker. A value already in the environment wins (a large cluster may want 2 s).
+RAY_TRAIN_SETTINGS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
+def apply_ray_train_settings() -> None:
+    """Set `RAY_TRAIN_SETTINGS` in this driver's environment unless already set; Ray Train
+    forwards `RAY_TRAIN_*` variables to its controller and workers."""
+    for name, value in RAY_TRAIN_SETTINGS.items():
+        os.environ.setdefault(name, value)
+
+
 def process_start_unix_s() -> float | None:
     """When this process started (Linux /proc), or None where that cannot be read."""
     try:
