@@ -137,13 +137,29 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: Path, name_he
     group.add_argument("--name", help=name_help)
 
 
-def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """Exactly one of --checkpoint, --run, --mmseg-checkpoint."""
+def add_model_source_arguments(
+    parser: argparse.ArgumentParser, *, registered: bool = False
+) -> None:
+    """Exactly one of --checkpoint, --run, --mmseg-checkpoint (and --model with `registered`)."""
     source = parser.add_mutually_exclusive_group(required=True)
+    if registered:
+        source.add_argument(
+            "--model", help="a registered MLflow model: models:/NAME/VERSION or models:/NAME@ALIAS"
+        )
     source.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     source.add_argument("--run", help="training run name: use its best checkpoint")
     source.add_argument(
         "--mmseg-checkpoint", help="a reference-toolbox (MMSegmentation) APCNet checkpoint"
+    )
+
+
+def add_register_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """--register NAME: register the result as a new version of an MLflow model."""
+    parser.add_argument(
+        "--register",
+        metavar="NAME",
+        help=f"register {what} as a new version of the MLflow model NAME "
+        "(default: tracking.register_model; needs tracking)",
     )
 
 

@@ -2,6 +2,7 @@
 
 python jobs/evaluate.py --run my-run --mode msflip
 python jobs/evaluate.py --checkpoint runs/my-run/epoch_0009 --split val
+python jobs/evaluate.py --model models:/demo/1      # or models:/demo@champion
 python jobs/evaluate.py --mmseg-checkpoint apcnet_r50.pth --data data/ade20k --resize 2048 512
 """
 
@@ -27,7 +28,7 @@ from pipeline.evaluate.evaluation import EvaluationRequest, evaluate
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = job_parser(__doc__)
-    add_model_source_arguments(parser)
+    add_model_source_arguments(parser, registered=True)
     add_data_arguments(parser)
     add_tracking_arguments(parser)
     parser.add_argument("--samples", type=int, default=4, help="rows of the logged sample grid")
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint=args.checkpoint,
             run=args.run,
             mmseg_checkpoint=args.mmseg_checkpoint,
+            model=args.model,
             data=args.data,
             split=args.split,
             options=chosen_test_time_options(args),

@@ -3,6 +3,7 @@
     python jobs/train.py                       # the embedded default, configs/synthetic.yaml
     python jobs/train.py --config configs/voc_r50.yaml --set data.path=data/voc --name voc-a
     python jobs/train.py --name voc-a          # resume voc-a with the config it started with
+    python jobs/train.py --register demo       # and register the best checkpoint as model demo
 
 With no arguments it trains the embedded default: the synthetic data set, the small resnet18
 APCNet, two CPU workers, the local MLflow store. A new run is named
@@ -13,7 +14,9 @@ The console: a header (run, data, model, workers and their nodes, MLflow and how
 UI), a progress bar over each epoch's iterations, one line per epoch, the summary. A run that
 finishes now ends with a picture of a few validation images (image | ground truth |
 prediction), written to its folder and its MLflow run, whose path closes the summary.
-`--verbose` adds Ray's own logs.
+`--verbose` adds Ray's own logs. With `--register NAME` (or `tracking.register_model`) the
+finished run's best checkpoint becomes a new version of the MLflow model NAME, ready for
+`mlflow models serve -m models:/NAME/VERSION`.
 """
 
 import sys
@@ -24,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import argparse
 import traceback
 
-from jobs.cli import add_config_arguments, job_parser, run_job
+from jobs.cli import add_config_arguments, add_register_argument, job_parser, run_job
 from pipeline.config.schema import ExperimentConfig, load_config
 from pipeline.evaluate.preview import write_training_preview
+from pipeline.evaluate.registry import RegistrationRequest, model_to_register, register_run
 from pipeline.tracking.runs import ui_command
 from pipeline.train.console import RunStart, labelled
 from pipeline.train.driver import TrainOutcome, train
@@ -40,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_config_arguments(
         parser, DEFAULT_CONFIG, name_help="run name; an existing unfinished run is resumed"
     )
+    add_register_argument(parser, "the finished run's best checkpoint")
     return parser.parse_args(argv)
 
 
@@ -130,10 +135,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.name and not args.config and not args.overrides:
         # Naming an existing run alone resumes it with the config it was started with.
         config = stored_config(run_name, storage_root(config)) or config
+    model_name = model_to_register(config, args.register)  # before training, not after
     outcome = train(config, run_name, on_start=print_header)
     print_summary(outcome)
     if outcome.status == "finished":  # a complete run named again got its picture back then
         print_picture(outcome, config, args.debug)
+    if model_name and outcome.status == "finished":
+        registration = register_run(
+            RegistrationRequest(
+                run=run_name,
+                model_name=model_name,
+                storage_path=storage_root(config),
+                tracking_uri=config.tracking.tracking_uri,
+                experiment=config.tracking.experiment_name,
+            )
+        )
+        print("\n".join(registration.describe()))
+    elif model_name:
+        print(
+            f"  registered only when it finishes; to register it now: python jobs/register.py "
+            f"--run {run_name} --model-name {model_name}"
+        )
     return 0
 
 

@@ -46,6 +46,18 @@ BAD_INPUTS = [
         id="prepare_data-missing-source",
     ),
     pytest.param(
+        "train.py",
+        ["--set", "tracking.enabled=false", "--register", "demo"],
+        "--register demo needs MLflow tracking",
+        id="train-register-without-tracking",
+    ),
+    pytest.param(
+        "register.py",
+        ["--run", "missing-run", "--model-name", "demo", "--storage-path", "{tmp}"],
+        "no training run 'missing-run' in {tmp}",
+        id="register-missing-run",
+    ),
+    pytest.param(
         "compare.py",
         ["--tracking-uri", "http://127.0.0.1:{port}"],
         "http://127.0.0.1:{port}",

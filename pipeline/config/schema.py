@@ -179,6 +179,9 @@ class TrackingSection:
     # How long a training run keeps retrying a tracking server that stopped answering (e.g.
     # while it restarts) before it fails; its epochs' metrics are logged once it answers.
     outage_wait_s: float = 120.0
+    # Register the finished run's best checkpoint as a new version of this MLflow model
+    # (`jobs/train.py --register NAME` does the same); needs `enabled`.
+    register_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,11 @@ def validate_config(config: ExperimentConfig, *, check_paths: bool = True) -> No
         raise ConfigError(
             f"optimization.batch_size={optimization.batch_size} is the global batch and must "
             f"divide by scaling.num_workers={scaling.num_workers}; change one of them"
+        )
+    if config.tracking.register_model and not config.tracking.enabled:
+        raise ConfigError(
+            f"tracking.register_model={config.tracking.register_model} needs MLflow tracking, "
+            "but tracking.enabled is false: enable tracking or drop the registration"
         )
     if optimization.lr <= 0:
         raise ConfigError(f"optimization.lr must be positive, got {optimization.lr}")

@@ -14,4 +14,7 @@ Public names:
   jobs/train.py calls; the same grid as `evaluation.prediction_grid`).
 - `export`: `export`, `ExportRequest` (what jobs/export.py calls): the model from a checkpoint,
   a run or a reference checkpoint, written by `apcnet.export`.
+- `registry`: `register_run`, `RegistrationRequest`, `Registration` (what jobs/register.py and
+  `--register` call), `model_to_register`, `load_registered_model` (evaluate's `--model`).
+- `served_model`: `SegmentationPyfunc`, the MLflow pyfunc a registered model is; `image_batch`.
 """

@@ -50,7 +50,8 @@ from pipeline.tracking.tags import (
 class EvaluationRequest:
     """What to evaluate, on which data, how (see `jobs/evaluate.py --help`).
 
-    Exactly one of checkpoint / run / mmseg_checkpoint. data: a shard folder or its manifest;
+    Exactly one of checkpoint / run / mmseg_checkpoint / model (a registered model,
+    `models:/NAME/VERSION` or `models:/NAME@alias`, fetched from the tracking URI). data: a shard folder or its manifest;
     defaults to the data set the checkpoint was trained on, required with mmseg_checkpoint.
     actors / cpus_per_actor: the actor pool (None: sized from the cluster).
     batch_size: samples per actor call. num_samples: rows of the logged sample grid.
@@ -59,6 +60,7 @@ class EvaluationRequest:
     checkpoint: str | None = None
     run: str | None = None
     mmseg_checkpoint: str | None = None
+    model: str | None = None
     data: str | None = None
     split: str = "val"
     options: TestTimeOptions = field(default_factory=TestTimeOptions)
@@ -94,9 +96,9 @@ def load_evaluation_model(request: EvaluationRequest) -> tuple[InferenceModel, M
     Raises InferenceError / DatasetError naming the option at fault; touches neither Ray nor
     MLflow.
     """
-    sources = [request.checkpoint, request.run, request.mmseg_checkpoint]
+    sources = [request.checkpoint, request.run, request.mmseg_checkpoint, request.model]
     if sum(source is not None for source in sources) != 1:
-        raise InferenceError("pass exactly one of --checkpoint, --run, --mmseg-checkpoint")
+        raise InferenceError("pass exactly one of --checkpoint, --run, --mmseg-checkpoint, --model")
     if request.batch_size < 1:
         raise InferenceError(f"--batch-size must be at least 1, got {request.batch_size}")
     if request.mmseg_checkpoint is not None:
@@ -112,6 +114,10 @@ def load_evaluation_model(request: EvaluationRequest) -> tuple[InferenceModel, M
     else:
         if request.checkpoint is not None:
             model = load_project_checkpoint(request.checkpoint)
+        elif request.model is not None:
+            from pipeline.evaluate.registry import load_registered_model
+
+            model = load_registered_model(request.model, request.tracking_uri)
         else:
             model = load_run_checkpoint(request.run, request.storage_path)
         data = request.data or model.manifest
@@ -255,6 +261,8 @@ def _interrupted() -> bool:
 
 def _open_tracker(request: EvaluationRequest, inference: InferenceModel, manifest: Manifest):
     """The evaluation run: tagged with its training run; nested under it with --run."""
+    from pipeline.data.shards import manifest_digest
+    from pipeline.tracking.conventions import EVALUATION_CONTEXT, split_inputs
     from pipeline.tracking.runs import RunTracker, find_run, resolve_tracking
 
     uri, experiment = resolve_tracking(request.tracking_uri, request.experiment)
@@ -275,9 +283,14 @@ def _open_tracker(request: EvaluationRequest, inference: InferenceModel, manifes
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"{base}-eval-{request.split}-{request.options.mode}-{stamp}-{secrets.token_hex(2)}"
     parent = training_run.info.run_id if (request.run and training_run is not None) else None
-    return RunTracker.open(
+    tracker = RunTracker.open(
         name, tracking_uri=uri, experiment=experiment, tags=tags, parent_run_id=parent
     )
+    rows = {request.split: manifest.splits[request.split].rows}
+    contexts = {request.split: EVALUATION_CONTEXT}
+    digest = manifest_digest(manifest.root)
+    tracker.log_inputs(split_inputs(manifest.dataset, rows, contexts, digest, manifest.root))
+    return tracker
 
 
 def _log_artifacts(tracker, request, inference, manifest, counts, scores, table) -> None:

@@ -13,4 +13,6 @@ Public names:
 - `tables`: one table as text, CSV or markdown; `text_table`, `csv_table`, `markdown_table`.
 - `compare`: `collect_runs`, `sort_runs`, `format_runs_table`, `plot_curves`.
 - `provenance`: `git_commit`.
+- `conventions`: MLflow's own: the experiment kind tag (`create_experiment`,
+  `tag_experiment_kind`), data set splits as dataset inputs (`split_inputs`).
 """

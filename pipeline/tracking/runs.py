@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.errors import UserError
 from pipeline.storage import apcnet_home
+from pipeline.tracking.conventions import create_experiment, tag_experiment_kind
 from pipeline.tracking.lookup import children_query, run_name_query, search_runs
 from pipeline.tracking.provenance import git_commit
 from pipeline.tracking.retry import DEFAULT_POLICY, RetryPolicy, call_with_retry, tracking_client
@@ -264,6 +265,9 @@ class RunTracker:
         else:
             self._call(lambda: self._client.log_artifact(self._run_id, str(path), artifact_path))
 
+    def log_inputs(self, datasets: Sequence[Any]) -> None:  # conventions.split_inputs
+        self._call(lambda: self._client.log_inputs(self._run_id, datasets=list(datasets)))
+
     def log_text(self, text: str, artifact_file: str) -> None:
         self._call(lambda: self._client.log_text(self._run_id, text, artifact_file))
 
@@ -341,6 +345,8 @@ def _client_and_experiment(
                 f"(`mlflow experiments restore --experiment-id {found.experiment_id}`) or "
                 "choose another experiment name (tracking.experiment / MLFLOW_EXPERIMENT_NAME)"
             )
+        if create:
+            tag_experiment_kind(client, uri, found)
         return uri, client, found.experiment_id
     if not create:
         return uri, client, None
@@ -349,7 +355,7 @@ def _client_and_experiment(
     if database is not None:
         location = (database.parent / "mlartifacts" / sanitize_key(name)).as_uri()
     try:
-        return uri, client, call_with_retry(lambda: client.create_experiment(name, location), uri)
+        return uri, client, create_experiment(client, uri, name, location)
     except MlflowException as error:
         # Another worker created it between our lookup and our create.
         if error.error_code != "RESOURCE_ALREADY_EXISTS":

@@ -42,4 +42,8 @@ BEST_PARAMETER_TAG_PREFIX = "best."
 TRAINING_RUN_NAME_TAG = "apcnet.training_run_name"
 TRAINING_RUN_ID_TAG = "apcnet.training_run_id"
 SPLIT_TAG = "split"
+
+# Registered model versions: the training run (TRAINING_RUN_*), its data (MANIFEST_HASH_TAG)
+# and its best val mIoU.
+VAL_MIOU_TAG = "apcnet.val_miou"
 TEST_TIME_MODE_TAG = "mode"

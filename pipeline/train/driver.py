@@ -175,7 +175,7 @@ def fit_run(
 
     tracker = None
     if config.tracking.enabled:
-        tracker = _open_driver_tracker(config, run_name, settings, mlflow_parent_run_id)
+        tracker = _open_driver_tracker(config, run_name, settings, mlflow_parent_run_id, manifest)
     marks["fit_called"] = startup.now()
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -314,18 +314,22 @@ def _open_driver_tracker(
     run_name: str,
     settings: LoopSettings,
     parent_run_id: str | None,
+    manifest: Manifest,
 ) -> Any:
-    """Open (or reopen) the run's MLflow run; log parameters, tags and the resolved config."""
+    """Open (or reopen) the run's MLflow run; log parameters, tags, the resolved config and
+    the data set's train and val splits as dataset inputs."""
+    from pipeline.tracking.conventions import TRAINING_CONTEXT, VALIDATION_CONTEXT, split_inputs
     from pipeline.tracking.retry import RetryPolicy
     from pipeline.tracking.runs import RunTracker
 
+    digest = manifest_digest(settings.description.manifest_path)
     tracker = RunTracker.open(
         run_name,
         tracking_uri=settings.tracking_uri,
         experiment=settings.experiment_name,
         tags={
             **settings.tracking_tags,
-            MANIFEST_HASH_TAG: manifest_digest(settings.description.manifest_path),
+            MANIFEST_HASH_TAG: digest,
             DATA_MANIFEST_TAG: settings.description.manifest_path,
         },
         parent_run_id=parent_run_id,
@@ -333,6 +337,13 @@ def _open_driver_tracker(
     )
     tracker.log_params(flatten_config(config))
     tracker.log_text(config_to_yaml(config), "config.yaml")
+    contexts = {
+        config.data.train_split: TRAINING_CONTEXT,
+        config.data.val_split: VALIDATION_CONTEXT,
+    }
+    rows = {split: manifest.splits[split].rows for split in contexts}
+    source = settings.description.manifest_path
+    tracker.log_inputs(split_inputs(manifest.dataset, rows, contexts, digest, source))
     return tracker
 
 

@@ -1,0 +1,218 @@
+"""The MLflow Model Registry: a finished run's best checkpoint registered as a pyfunc model,
+evaluated by its models:/ URI; MLflow's own conventions (experiment kind, dataset inputs,
+the run's Models column); and the registration mistakes a user can make, one line each.
+
+MLflow on SQLite under the test's folder; the run is written without Ray
+(`registry_helpers.finished_run`); only the evaluation of the registered model starts Ray."""
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.artifacts import download_artifacts
+from registry_helpers import BEST_VAL_MIOU, finished_run, job_main
+
+from jobs.cli import run_job
+from pipeline.config.schema import ConfigError, load_config
+from pipeline.data.shards import manifest_digest
+from pipeline.data.transforms import normalize
+from pipeline.evaluate.evaluation import EvaluationRequest, evaluate, load_evaluation_model
+from pipeline.evaluate.model import load_project_checkpoint
+from pipeline.evaluate.registry import (
+    REQUIRED_DISTRIBUTIONS,
+    RegistryError,
+    load_registered_model,
+    model_version_location,
+)
+from pipeline.evaluate.served_model import image_batch
+from pipeline.evaluate.testtime import TestTimeOptions, predict_label_map
+from pipeline.tracking.conventions import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+from pipeline.tracking.tags import (
+    MANIFEST_HASH_TAG,
+    TRAINING_RUN_ID_TAG,
+    TRAINING_RUN_NAME_TAG,
+    VAL_MIOU_TAG,
+)
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+MODEL_NAME = "registry-demo"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("registry")
+
+
+@pytest.fixture(scope="module")
+def run(root):
+    return finished_run(root, "registered-run")
+
+
+@pytest.fixture(scope="module")
+def tracking_args(run) -> list[str]:
+    tracking = run.config.tracking
+    return [
+        "--tracking-uri",
+        tracking.tracking_uri,
+        "--experiment",
+        tracking.experiment_name,
+        "--storage-path",
+        run.config.checkpointing.storage_path,
+    ]
+
+
+@pytest.fixture(scope="module")
+def registered(run, tracking_args):
+    """jobs/register.py on the finished run, with an alias; the new version."""
+    argv = ["--run", run.run_name, "--model-name", MODEL_NAME, "--alias", "champion"]
+    assert run_job(job_main("register"), [*argv, *tracking_args]) == 0
+    client = mlflow.MlflowClient(run.config.tracking.tracking_uri)
+    return client.get_model_version_by_alias(MODEL_NAME, "champion")
+
+
+@pytest.fixture(scope="module")
+def model_folder(run, registered, tmp_path_factory) -> Path:
+    uri = f"models:/{MODEL_NAME}/{registered.version}"
+    location = model_version_location(uri, tracking_of(run))
+    folder = tmp_path_factory.mktemp("downloaded")
+    return Path(download_artifacts(location, dst_path=str(folder), tracking_uri=tracking_of(run)))
+
+
+def tracking_of(run) -> str:
+    return run.config.tracking.tracking_uri
+
+
+def test_the_new_version_is_tagged_with_its_run_data_set_and_val_miou(run, registered):
+    manifest = Path(run.config.data.path) / "manifest.json"
+    assert registered.run_id == run.mlflow_run_id
+    assert registered.tags[TRAINING_RUN_NAME_TAG] == run.run_name
+    assert registered.tags[TRAINING_RUN_ID_TAG] == run.mlflow_run_id
+    assert registered.tags[MANIFEST_HASH_TAG] == manifest_digest(manifest)
+    assert float(registered.tags[VAL_MIOU_TAG]) == pytest.approx(BEST_VAL_MIOU)
+
+
+def test_the_model_carries_signature_input_example_pinned_requirements_and_checkpoint(
+    model_folder, run
+):
+    description = yaml.safe_load((model_folder / "MLmodel").read_text())
+    assert "python_function" in description["flavors"]
+    assert description["signature"]["inputs"]
+    assert description["saved_input_example_info"]
+    requirements = (model_folder / "requirements.txt").read_text().split()
+    assert len(requirements) == len(REQUIRED_DISTRIBUTIONS)
+    assert all("==" in requirement for requirement in requirements)
+    stored = model_folder / "artifacts" / Path(run.checkpoint).name
+    assert stored.read_bytes() == Path(run.checkpoint).read_bytes()
+
+
+def test_the_training_run_shows_the_model_in_its_models_column(run, registered):
+    client = mlflow.MlflowClient(tracking_of(run))
+    (output,) = client.get_run(run.mlflow_run_id).outputs.model_outputs
+    assert client.get_logged_model(output.model_id).artifact_location == registered.source
+    assert client.get_run(run.mlflow_run_id).info.status == "FINISHED"
+
+
+def test_the_experiment_is_tagged_as_model_training(run):
+    client = mlflow.MlflowClient(tracking_of(run))
+    experiment = client.get_experiment_by_name(run.config.tracking.experiment_name)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+
+
+def test_the_pyfunc_predicts_what_the_checkpoint_predicts(run, model_folder):
+    model = mlflow.pyfunc.load_model(str(model_folder))
+    inference = load_project_checkpoint(run.checkpoint)
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (2, 40, 36, 3), dtype=np.uint8)
+    sizes = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((33, 47), (52, 31))]
+
+    def expected(image):
+        normalised = normalize(image, inference.mean, inference.std)
+        return predict_label_map(inference.model, normalised, TestTimeOptions())
+
+    masks = model.predict(batch)
+    assert masks.shape == (2, 40, 36)
+    for image, mask in zip(batch, masks, strict=True):
+        np.testing.assert_array_equal(mask, expected(image))
+    for image, mask in zip(sizes, model.predict(image_batch(sizes)), strict=True):
+        np.testing.assert_array_equal(mask, expected(image))
+
+
+def test_an_image_that_is_not_rgb_uint8_is_refused_naming_its_shape_or_type(model_folder):
+    model = mlflow.pyfunc.load_model(str(model_folder))
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"\(-1, -1, -1, 3\)"):
+        model.predict(np.zeros((1, 8, 8, 4), dtype=np.uint8))
+    with pytest.raises(mlflow.exceptions.MlflowException, match="dtype"):
+        model.predict(np.zeros((1, 8, 8, 3), dtype=np.float32))
+
+
+def test_a_registered_model_loads_for_evaluation_like_its_checkpoint(run, registered):
+    uri = f"models:/{MODEL_NAME}@champion"
+    model, manifest = load_evaluation_model(
+        EvaluationRequest(model=uri, tracking_uri=tracking_of(run))
+    )
+    reference = load_project_checkpoint(run.checkpoint)
+    assert model.source == uri
+    assert manifest.class_names == reference.class_names
+    for ours, theirs in zip(
+        model.model.state_dict().values(), reference.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(ours, theirs)
+
+
+def test_evaluating_a_registered_model_logs_its_data_set_as_an_input(ray_session, run, registered):
+    tracking = run.config.tracking
+    report = evaluate(
+        EvaluationRequest(
+            model=f"models:/{MODEL_NAME}/{registered.version}",
+            tracking_uri=tracking.tracking_uri,
+            experiment=tracking.experiment_name,
+            actors=1,
+            num_samples=0,
+        )
+    )
+    evaluation = mlflow.MlflowClient(tracking.tracking_uri).get_run(report.mlflow_run_id)
+    assert evaluation.data.tags[TRAINING_RUN_ID_TAG] == run.mlflow_run_id
+    (dataset,) = evaluation.inputs.dataset_inputs
+    manifest = Path(run.config.data.path) / "manifest.json"
+    assert dataset.dataset.digest == manifest_digest(manifest)[: len(dataset.dataset.digest)]
+    assert '"num_rows": 4' in dataset.dataset.profile
+    assert [tag.value for tag in dataset.tags] == ["evaluation"]
+
+
+def test_registering_a_run_that_did_not_finish_is_refused(root, tracking_args, capsys):
+    unfinished = finished_run(root, "cut-off-run", complete=False)
+    argv = ["--run", unfinished.run_name, "--model-name", MODEL_NAME, *tracking_args]
+    assert run_job(job_main("register"), argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0
+    assert error.startswith("error: run 'cut-off-run' has not finished")
+
+
+def test_register_with_tracking_off_is_refused_before_training(capsys):
+    for job in ("train", "tune"):
+        argv = ["--set", "tracking.enabled=false", "--register", MODEL_NAME]
+        assert run_job(job_main(job), argv) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith(f"error: --register {MODEL_NAME} needs MLflow tracking")
+
+
+def test_register_model_in_a_config_with_tracking_off_is_refused():
+    with pytest.raises(ConfigError, match=r"tracking\.register_model=demo needs MLflow tracking"):
+        load_config(None, ["tracking.enabled=false", "tracking.register_model=demo"])
+
+
+def test_a_model_uri_that_is_not_registered_is_refused(run, registered):
+    with pytest.raises(RegistryError, match="cannot fetch registered model"):
+        load_registered_model("models:/no-such-model/1", tracking_of(run))
+    with pytest.raises(RegistryError, match="expected models:/NAME/VERSION"):
+        load_registered_model("runs:/abc/model", tracking_of(run))
+
+
+def test_a_model_name_that_a_models_uri_cannot_hold_is_refused(run, tracking_args, capsys):
+    argv = ["--run", run.run_name, "--model-name", "team/demo", *tracking_args]
+    assert run_job(job_main("register"), argv) == 2
+    assert "model name 'team/demo'" in capsys.readouterr().err

@@ -1,0 +1,182 @@
+"""A registered model served by `mlflow models serve --env-manager local` on loopback answers
+a POST of one image with the mask `jobs/predict.py` writes for it, pixel for pixel, and
+answers an image that is not (H, W, 3) uint8 with HTTP 400 and a message.
+
+The server runs in its own process group, started here and stopped by killing that group;
+its port is checked free afterwards."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from registry_helpers import finished_run, job_main
+
+from jobs.cli import run_job
+from pipeline.evaluate.registry import RegistrationRequest, register_run
+
+MODEL_NAME = "served-demo"
+# (width, height): a VOC-sized photo and a small odd-sized one.
+IMAGE_SIZES = {"voc": (500, 375), "odd": (97, 129)}
+SERVER_START_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on the port (connections the server closed may linger in TIME_WAIT,
+    which SO_REUSEADDR binds past, as a new server would)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def post(port: int, payload: dict) -> tuple[int, dict]:
+    """POST `payload` as JSON to the server's /invocations; (HTTP status, JSON answer)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("serving")
+
+
+@pytest.fixture(scope="module")
+def run(root):
+    return finished_run(root, "served-run")
+
+
+@pytest.fixture(scope="module")
+def model_uri(run) -> str:
+    tracking = run.config.tracking
+    registration = register_run(
+        RegistrationRequest(
+            run=run.run_name,
+            model_name=MODEL_NAME,
+            storage_path=run.config.checkpointing.storage_path,
+            tracking_uri=tracking.tracking_uri,
+            experiment=tracking.experiment_name,
+        )
+    )
+    return registration.model_uri
+
+
+@pytest.fixture(scope="module")
+def images(root) -> dict[str, np.ndarray]:
+    """RGB uint8 (H, W, 3) per name, also saved as lossless PNGs in <root>/images."""
+    folder = root / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    pictures = {}
+    for name, (width, height) in IMAGE_SIZES.items():
+        pictures[name] = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pictures[name]).save(folder / f"{name}.png")
+    return pictures
+
+
+@pytest.fixture(scope="module")
+def predicted_masks(ray_session, run, images, root) -> dict[str, np.ndarray]:
+    """jobs/predict.py's masks for the same images and checkpoint."""
+    output = root / "masks"
+    argv = [
+        "--checkpoint",
+        run.checkpoint,
+        "--input",
+        str(root / "images"),
+        "--output",
+        str(output),
+    ]
+    assert run_job(job_main("predict"), [*argv, "--actors", "1"]) == 0
+    return {name: np.asarray(Image.open(output / f"{name}.png")) for name in images}
+
+
+@pytest.fixture(scope="module")
+def server(run, model_uri):
+    """The port of `mlflow models serve` for the registered model, ready to answer."""
+    port = free_port()
+    environment = dict(os.environ, MLFLOW_TRACKING_URI=run.config.tracking.tracking_uri)
+    # The server starts uvicorn by name: this environment's bin folder comes first.
+    bin_folder = Path(sys.executable).parent
+    environment["PATH"] = f"{bin_folder}{os.pathsep}{environment['PATH']}"
+    command = [str(bin_folder / "mlflow"), "models", "serve", "-m", model_uri]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    log = open(Path(run.config.checkpointing.storage_path).parent / "server.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        command,
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, stopped as one below
+    )
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            assert process.poll() is None, f"the server exited: see {log.name}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, f"no answer within the timeout: {log.name}"
+                time.sleep(0.5)
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        log.close()
+        deadline = time.monotonic() + 10
+        while not port_is_free(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert port_is_free(port), f"port {port} is still taken after the server stopped"
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_SIZES))
+def test_a_posted_image_is_answered_with_the_mask_predict_writes(
+    server, images, predicted_masks, name
+):
+    status, answer = post(server, {"inputs": [images[name].tolist()]})
+    assert status == 200, answer
+    (mask,) = np.asarray(answer["predictions"])
+    assert mask.shape == images[name].shape[:2]
+    np.testing.assert_array_equal(mask, predicted_masks[name])
+
+
+def test_an_image_that_is_not_hw3_is_answered_with_400_and_the_expected_shape(server):
+    status, answer = post(server, {"inputs": [np.zeros((6, 5), dtype=np.uint8).tolist()]})
+    assert status == 400
+    assert "does not match expected shape (-1, -1, -1, 3)" in answer["message"]
+
+
+def test_values_that_are_not_uint8_are_answered_with_400(server):
+    status, answer = post(server, {"inputs": [np.full((6, 5, 3), 300).tolist()]})
+    assert status == 400
+    assert "out of bounds for uint8" in answer["message"]
