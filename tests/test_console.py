@@ -201,6 +201,22 @@ def test_the_preemption_watcher_false_alarm_is_dropped_and_other_actors_lines_ar
     assert not any(pattern.search(other_actor) for pattern in patterns)
 
 
+# The GCS's line at the end of a training run, as the driver printed it.
+GCS_KILL_LINE = (
+    "[2026-12-04 22:14:55,197 E 15557 15557] (gcs_server) gcs_actor_scheduler.cc:538: Failed "
+    "to kill actor 19c87cb729d19b7f9622820201000000, return status: Invalid: KillActor RPC "
+    "failed for actor 19c87cb729d19b7f9622820201000000: RpcError: RPC error: Socket closed "
+    "rpc_code: 14"
+)
+
+
+def test_the_gcs_kill_of_an_exited_actor_is_dropped_and_other_kill_failures_are_not():
+    patterns = [re.compile(pattern) for pattern in console_settings._DROPPED_LINES]
+    assert any(pattern.search(GCS_KILL_LINE) for pattern in patterns)
+    other_failure = GCS_KILL_LINE.replace("Socket closed", "Deadline Exceeded")
+    assert not any(pattern.search(other_failure) for pattern in patterns)
+
+
 def test_workers_get_the_quiet_settings_and_ray_trains_print_patch_off():
     variables = variables_for_workers({"AWS_REGION": "eu-west-1", "HOME": "/root"})
     assert variables["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"

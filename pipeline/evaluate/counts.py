@@ -20,6 +20,9 @@ from apcnet.metrics import SegmentationScores, intersection_union, scores_from_c
 from pipeline.evaluate.model import ActorPoolPlan, prepare_actor_model
 from pipeline.evaluate.testtime import TestTimeOptions, predict_label_map
 
+# How long the evaluation actor pool may take to start (load the model on every actor).
+POOL_START_TIMEOUT_S = 600
+
 
 @dataclass(frozen=True)
 class EvalSample:
@@ -181,6 +184,11 @@ def count_split_distributed(
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus or None,
     )
+    # Dispatch once the whole pool is up. By default Ray Data starts its actors
+    # asynchronously and feeds the first ready one, which can take a small split alone
+    # (seen: one of two actors counted all 5 images once decoding got faster); waiting also
+    # turns a pool that cannot be placed into an error instead of a hang.
+    counted.context.wait_for_min_actors_s = POOL_START_TIMEOUT_S
     totals = SplitCounts.empty(num_classes)
     # Blocks as the actors finish them (`batch_size=None`), so the bar moves with each one.
     batches = counted.iter_batches(batch_format="numpy", batch_size=None)

@@ -91,6 +91,11 @@ _DROPPED_LINES = (
     # controller has gone: under Tune the end of every trial (the trial's process, which owns
     # the controller, ends first). It reports a cleanup it did, not something to do.
     r"Detected that the Ray Train controller actor \(\w+\) is dead\. Cleaning up placement",
+    # The GCS's error log, which Ray's log monitor forwards to the driver, at the end of a
+    # run: it kills the actors of a worker group whose processes have already exited, and the
+    # kill request finds their socket closed. The actors are gone either way.
+    r"Failed to kill actor \w+, return status: Invalid: KillActor RPC failed for actor \w+: "
+    r"RpcError: RPC error: Socket closed",
 )
 
 
