@@ -2,7 +2,7 @@
 
 Shard rows (see pipeline/data/shards.py) hold encoded image and mask bytes; decoding and
 augmentation run in Ray Data `map_batches` tasks on CPUs, so training workers only receive
-ready arrays.
+ready crops: uint8, which the training step normalises on the worker's device.
 
 Randomness, and the guarantee given:
 - Augmentation of a sample is a pure function of (seed, epoch, sample id): every sample gets
