@@ -27,7 +27,7 @@ from pipeline.evaluate.registry import (
     load_registered_model,
     model_version_location,
 )
-from pipeline.evaluate.served_model import image_batch
+from pipeline.evaluate.served_model import ImageInputError, checked_images, image_batch
 from pipeline.evaluate.testtime import TestTimeOptions, predict_label_map
 from pipeline.tracking.conventions import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 from pipeline.tracking.tags import (
@@ -141,12 +141,52 @@ def test_the_pyfunc_predicts_what_the_checkpoint_predicts(run, model_folder):
         np.testing.assert_array_equal(mask, expected(image))
 
 
-def test_an_image_that_is_not_rgb_uint8_is_refused_naming_its_shape_or_type(model_folder):
+def test_an_image_that_is_not_rgb_uint8_is_refused_naming_its_shape_or_values(model_folder):
     model = mlflow.pyfunc.load_model(str(model_folder))
-    with pytest.raises(mlflow.exceptions.MlflowException, match=r"\(-1, -1, -1, 3\)"):
+    with pytest.raises(ImageInputError, match=r"image 0: expected RGB of shape \(H, W, 3\); got"):
         model.predict(np.zeros((1, 8, 8, 4), dtype=np.uint8))
-    with pytest.raises(mlflow.exceptions.MlflowException, match="dtype"):
+    with pytest.raises(ImageInputError, match=r"image 0: expected uint8 values.*got float32"):
         model.predict(np.zeros((1, 8, 8, 3), dtype=np.float32))
+    with pytest.raises(ImageInputError, match=r"got shape \(8, 8, 3\)\. Send one image as a"):
+        model.predict(np.zeros((8, 8, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("pixels", "message"),
+    [
+        ([[[0.5, 1, 2]]], "image 0: expected uint8 values, integers 0-255; got float64"),
+        (
+            [[[0, 1, 256]]],
+            "image 0: expected uint8 values, integers 0-255; got values from 0 to 256",
+        ),
+        ([[[-1, 1, 2]]], "got values from -1 to 2"),
+        ([[[True, False, True]]], "got bool"),
+        ([[[1, 2]]], r"expected RGB of shape \(H, W, 3\); got shape \(1, 1, 2\)"),
+        ([[[1, 2, 3]], [[1, 2]]], "image 0 is not an array of pixels"),
+        (np.zeros((0, 4, 3), dtype=np.uint8), "image 0 is empty"),
+    ],
+)
+def test_pixels_that_are_not_integers_0_to_255_in_h_w_3_are_refused_never_rounded(pixels, message):
+    with pytest.raises(ImageInputError, match=message):
+        checked_images([pixels])
+
+
+def test_images_parsed_from_json_are_taken_at_every_depth_numpy_stops_at():
+    """A JSON request arrives as an object array of Python ints: (N, H, W, 3) for one size,
+    (N, H) when only the widths differ, (N,) when the heights differ too."""
+    rng = np.random.default_rng(1)
+    shapes = {
+        "same": [(5, 7, 3), (5, 7, 3)],
+        "widths": [(5, 7, 3), (5, 4, 3)],
+        "heights": [(5, 7, 3), (6, 4, 3)],
+    }
+    for name, sizes in shapes.items():
+        images = [rng.integers(0, 256, size, dtype=np.uint8) for size in sizes]
+        parsed = np.array([image.tolist() for image in images], dtype=object)
+        assert parsed.ndim == {"same": 4, "widths": 2, "heights": 1}[name]
+        for image, checked in zip(images, checked_images(parsed), strict=True):
+            assert checked.dtype == np.uint8
+            np.testing.assert_array_equal(checked, image)
 
 
 def test_a_registered_model_loads_for_evaluation_like_its_checkpoint(run, registered):

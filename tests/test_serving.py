@@ -170,13 +170,33 @@ def test_a_posted_image_is_answered_with_the_mask_predict_writes(
     np.testing.assert_array_equal(mask, predicted_masks[name])
 
 
+def test_images_of_different_sizes_in_one_request_are_answered_with_a_mask_each(
+    server, images, predicted_masks
+):
+    names = sorted(IMAGE_SIZES)
+    status, answer = post(server, {"inputs": [images[name].tolist() for name in names]})
+    assert status == 200, answer
+    for name, mask in zip(names, answer["predictions"], strict=True):
+        np.testing.assert_array_equal(np.asarray(mask), predicted_masks[name])
+
+
 def test_an_image_that_is_not_hw3_is_answered_with_400_and_the_expected_shape(server):
     status, answer = post(server, {"inputs": [np.zeros((6, 5), dtype=np.uint8).tolist()]})
     assert status == 400
-    assert "does not match expected shape (-1, -1, -1, 3)" in answer["message"]
+    assert "image 0: expected RGB of shape (H, W, 3); got shape (6, 5)" in answer["message"]
 
 
-def test_values_that_are_not_uint8_are_answered_with_400(server):
-    status, answer = post(server, {"inputs": [np.full((6, 5, 3), 300).tolist()]})
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (300, "image 0: expected uint8 values, integers 0-255; got values from 0 to 300"),
+        # JSON carries no uint8: a 0-1 float image is refused, not truncated to black.
+        (0.5, "image 0: expected uint8 values, integers 0-255; got float64"),
+    ],
+)
+def test_values_that_are_not_uint8_are_answered_with_400(server, value, message):
+    pixels = np.zeros((6, 5, 3), dtype=np.int64).tolist()
+    pixels[2][3][1] = value
+    status, answer = post(server, {"inputs": [pixels]})
     assert status == 400
-    assert "out of bounds for uint8" in answer["message"]
+    assert message in answer["message"]

@@ -106,12 +106,20 @@ def pip_requirements() -> list[str]:
 
 
 def model_signature():
-    """Tensor in: uint8 (-1, -1, -1, 3); tensor out: int64 (-1, -1, -1)."""
+    """Tensor in: any array, checked by the model itself; tensor out: int64 (-1, -1, -1).
+
+    The input is declared as MLflow's "any array" tensor (object, (-1,)), not as uint8
+    (-1, -1, -1, 3): `mlflow models serve` casts a JSON request to the declared dtype before
+    the model sees it, and numpy's cast to uint8 truncates fractions silently (a 0-1 float
+    image would arrive black) and cannot hold images of different sizes. Declared this way the
+    numbers arrive as sent, and `served_model.checked_images` accepts integers 0-255 in
+    (N, H, W, 3) or a list of (H, W, 3) and refuses anything else with one message (HTTP 400);
+    the input example shows the uint8 (N, H, W, 3) layout."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+        inputs=Schema([TensorSpec(np.dtype(object), (-1,))]),
         outputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1, -1))]),
     )
 

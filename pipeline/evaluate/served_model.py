@@ -7,10 +7,13 @@ MLflow's tracking. The checkpoint is the model's one artifact; each image is pre
 `predict_label_map` in whole-image mode, one image at a time), so its masks are the same
 pixel for pixel.
 
-Input: uint8 (N, H, W, 3) RGB, or images of different sizes: a list of uint8 (H, W, 3) arrays
-(the Python model itself) or, through `mlflow.pyfunc.load_model(...).predict`, whose signature
-check wants an array, `image_batch(images)`: a 1-D object array of them. Output: int64 class
-indices (N, H, W), or a list of (H, W) arrays for images of different sizes.
+Input: RGB uint8 (N, H, W, 3) (any integer type holding 0-255 is taken as it is, which is how
+JSON's numbers arrive), or images of different sizes: a list of (H, W, 3) arrays (the Python
+model itself; a JSON list of them for the server) or, through
+`mlflow.pyfunc.load_model(...).predict`, which wants an array, `image_batch(images)`: a 1-D
+object array of them. Anything else is refused with one message, never rounded or cast.
+Output: int64 class indices (N, H, W), or a list of (H, W) arrays for images of different
+sizes.
 """
 
 from __future__ import annotations
@@ -49,14 +52,13 @@ class SegmentationPyfunc(PythonModel):
         options = TestTimeOptions()
         model, mean, std = self.inference.model, self.inference.mean, self.inference.std
         masks = [predict_label_map(model, normalize(image, mean, std), options) for image in images]
-        if isinstance(model_input, np.ndarray) and model_input.dtype != object:
+        if isinstance(model_input, np.ndarray) and model_input.ndim == 4:
             return np.stack(masks) if masks else np.zeros((0, 0, 0), dtype=np.int64)
         return masks
 
 
 def image_batch(images) -> np.ndarray:
-    """Images of different sizes, uint8 (H, W, 3) each, as the 1-D object array that MLflow's
-    signature check lets through to `predict`."""
+    """Images of different sizes, uint8 (H, W, 3) each, as a 1-D object array."""
     batch = np.empty(len(images), dtype=object)
     for index, image in enumerate(images):
         batch[index] = image
@@ -66,28 +68,58 @@ def image_batch(images) -> np.ndarray:
 def checked_images(model_input) -> list[np.ndarray]:
     """The images of `model_input`, each uint8 (H, W, 3); ImageInputError naming the first
     one that is not."""
-    if isinstance(model_input, np.ndarray) and model_input.dtype == object:
-        images = [np.asarray(image) for image in model_input]
-    elif isinstance(model_input, np.ndarray):
-        if model_input.ndim != 4:
-            raise ImageInputError(
-                f"expected a batch of RGB images, uint8 of shape (N, H, W, 3); got shape "
-                f"{model_input.shape}. Send one image as a list of one (H, W, 3) array"
-            )
-        images = list(model_input)
-    elif isinstance(model_input, list | tuple):
-        images = [np.asarray(image) for image in model_input]
-    else:
+    return [checked_pixels(image, index) for index, image in enumerate(batch_items(model_input))]
+
+
+def batch_items(model_input) -> list:
+    """The images of a batch, not yet checked. A JSON request reaches `predict` as an object
+    array of Python numbers (the signature's dtype, see `registry.model_signature`): (N, H, W, 3)
+    when the images share a size; otherwise numpy stops at the first axis where they differ,
+    (N,) or (N, H), holding nested lists, or (N, H, W) for images without 3 channels. A lone
+    (H, W, 3) image is refused with a hint rather than taken as H images."""
+    if isinstance(model_input, list | tuple):
+        return list(model_input)
+    if not isinstance(model_input, np.ndarray):
         raise ImageInputError(
             f"expected RGB images, uint8 (N, H, W, 3) or a list of (H, W, 3) arrays; got "
             f"{type(model_input).__name__}"
         )
-    for index, image in enumerate(images):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ImageInputError(
-                f"image {index}: expected RGB uint8 of shape (H, W, 3), values 0-255; got "
-                f"{image.dtype} of shape {image.shape}"
-            )
-        if min(image.shape[:2]) < 1:
-            raise ImageInputError(f"image {index} is empty: shape {image.shape}")
-    return images
+    if model_input.ndim == 4:
+        return list(model_input)
+    one_image = model_input.ndim == 3 and model_input.shape[2] == 3
+    if model_input.dtype == object and model_input.ndim in (1, 2, 3) and not one_image:
+        return model_input.tolist()
+    raise ImageInputError(
+        f"expected a batch of RGB images, uint8 of shape (N, H, W, 3); got shape "
+        f"{model_input.shape}. Send one image as a list of one (H, W, 3) array"
+    )
+
+
+def checked_pixels(image, index: int) -> np.ndarray:
+    """`image` as uint8 (H, W, 3): integers 0-255 of any integer type are taken as they are;
+    anything else (fractions, out-of-range values, other shapes) is refused, never rounded."""
+    try:
+        pixels = np.asarray(image)
+        if pixels.dtype == object:  # numbers parsed from JSON
+            pixels = np.array(pixels.tolist())
+    except ValueError as error:  # nested lists of different lengths
+        raise ImageInputError(f"image {index} is not an array of pixels: {error}") from None
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ImageInputError(
+            f"image {index}: expected RGB of shape (H, W, 3); got shape {pixels.shape}"
+        )
+    if min(pixels.shape[:2]) < 1:
+        raise ImageInputError(f"image {index} is empty: shape {pixels.shape}")
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype.kind not in "iu":
+        raise ImageInputError(
+            f"image {index}: expected uint8 values, integers 0-255; got {pixels.dtype} "
+            "(a float image in 0-1 must be scaled and rounded to 0-255 first)"
+        )
+    low, high = int(pixels.min()), int(pixels.max())
+    if low < 0 or high > 255:
+        raise ImageInputError(
+            f"image {index}: expected uint8 values, integers 0-255; got values from {low} to {high}"
+        )
+    return pixels.astype(np.uint8)
