@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from pipeline.config.ingest import IngestOptions
-from pipeline.data.ingest import SAMPLE_COLUMNS, sample_seed, train_dataset
+from pipeline.data.ingest import SAMPLE_COLUMNS, read_shards, sample_seed, train_dataset
 from pipeline.data.shard_writer import ShardWriter, write_manifest
 from pipeline.data.shards import Manifest, ShardRow, load_manifest, read_shard_rows
 from pipeline.data.transforms import (
@@ -224,7 +224,6 @@ def measure_ray(
 def per_row_dataset(manifest: Manifest, config: AugmentationConfig, epoch: int):
     """The same decode and augmentation as `train_dataset`, one row per call (`Dataset.map`)
     instead of a block per call (`map_batches`); files in order, no shuffle."""
-    import ray.data
 
     def augment_row(row: dict) -> dict:
         rng = np.random.default_rng(sample_seed(0, epoch, str(row["id"])))
@@ -235,7 +234,7 @@ def per_row_dataset(manifest: Manifest, config: AugmentationConfig, epoch: int):
 
     rows = manifest.splits["train"].rows
     return (
-        ray.data.read_parquet(manifest.shard_uris("train"), override_num_blocks=max(1, rows // 8))
+        read_shards(manifest.shard_uris("train"), override_num_blocks=max(1, rows // 8))
         .select_columns(SAMPLE_COLUMNS)
         .map(augment_row)
     )
