@@ -33,6 +33,13 @@ MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 # Five images (odd), four sizes, two shards of at most two rows plus one of one row.
 SIZES = ((24, 32), (40, 28), (24, 32), (33, 45), (17, 21))
+# Twelve forward passes an image: an actor counts an image for longer than Ray Data takes to
+# hand over the next one-image block (a task each, about 70 ms here), so the pool's second
+# actor gets work. With one pass, the first ready actor finished each image before the next
+# arrived and counted the whole split: correct, but the summation over actors went untested.
+MULTI_SCALE_FLIP = TestTimeOptions(
+    mode="msflip", ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True
+)
 TRAINING_RUN = "tiny-training-run"
 
 
@@ -103,10 +110,12 @@ def training_run_id(tracking_uri) -> str:
 
 @pytest.fixture(scope="module")
 def report(ray_session, checkpoint, tracking_uri, training_run_id):
-    """One distributed evaluation over two actors at half a CPU each, tracked in MLflow."""
+    """One distributed evaluation over two actors at half a CPU each, tracked in MLflow, with
+    multi-scale and flip test-time augmentation (MULTI_SCALE_FLIP)."""
     return evaluate(
         EvaluationRequest(
             checkpoint=str(checkpoint),
+            options=MULTI_SCALE_FLIP,
             actors=2,
             cpus_per_actor=0.5,
             tracking_uri=tracking_uri,
@@ -132,7 +141,7 @@ def test_image_counts_follow_the_definition_of_intersection_union_and_confusion(
 def test_distributed_counts_equal_the_single_process_loop_count_for_count(report, checkpoint):
     inference, manifest = load_evaluation_model(EvaluationRequest(checkpoint=str(checkpoint)))
     samples = list(read_split_samples(manifest, "val", inference.mean, inference.std))
-    local = evaluate_locally(inference.model, samples, TestTimeOptions(), 3)
+    local = evaluate_locally(inference.model, samples, MULTI_SCALE_FLIP, 3)
     assert report.counts.num_images == len(SIZES)
     assert len(report.counts.workers) == 2
     assert report.counts.per_image.keys() == local.per_image.keys()
