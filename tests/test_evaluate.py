@@ -169,7 +169,8 @@ def test_evaluation_run_holds_split_prefixed_metrics_and_links_to_its_training_r
     assert {f"val_iou/{name}" for name in CLASS_NAMES} <= run.data.metrics.keys()
     assert run.data.tags["apcnet.training_run_id"] == training_run_id
     assert run.data.tags["apcnet.training_run_name"] == TRAINING_RUN
-    assert run.data.params["test_mode"] == "whole"
+    assert run.data.params["test_mode"] == "msflip"
+    assert run.data.params["test_flip"] == "True"
 
 
 def test_evaluation_run_holds_the_table_confusion_matrix_and_sample_grid(report, tracking_uri):
