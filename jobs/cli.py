@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import UserError
-from pipeline.train.console import VERBOSE_VARIABLE  # imports no Ray: options stay fast
+from pipeline.train.console import (  # imports no Ray: options stay fast
+    VERBOSE_VARIABLE,
+    quiet_native_stderr,
+)
 
 if TYPE_CHECKING:
     from pipeline.evaluate.testtime import TestTimeOptions
@@ -75,7 +78,8 @@ def run_job(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
         # Before main starts Ray: the driver and every Ray process of the job read it.
         os.environ[VERBOSE_VARIABLE] = "1"
     try:
-        return main(argv) or 0
+        with quiet_native_stderr():
+            return main(argv) or 0
     except KeyboardInterrupt:
         return _report("interrupted", INTERRUPTED, argv)
     except Exception as error:

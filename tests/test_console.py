@@ -238,3 +238,28 @@ def test_verbose_workers_keep_rays_logs_and_a_users_own_setting_wins():
 def test_the_placement_line_groups_ranks_by_node():
     line = console_settings.placement_line(["a" * 56, "b" * 56, "a" * 56])
     assert line == "placed    3 workers on 2 nodes: aaaaaaaa (ranks 0, 2), bbbbbbbb (rank 1)"
+
+
+@pytest.mark.slow
+def test_evaluation_shows_no_false_alarm_from_rays_core_worker(evaluation):
+    console = "\n".join(evaluation.lines)
+    assert "has constructor arguments in the object store" not in console, console
+
+
+# Ray core's line in the evaluation driver's own stderr, before the fix (ID varies).
+MODEL_ACTOR_LINE = (
+    "[2026-12-05 00:23:31,561 E 8341 8341] core_worker.cc:2465: Actor with class name: "
+    "'MapWorker(MapBatches(SplitCounter))' and ID: '6e0fb7d08f6a8e3efe20ab8b01000000' has "
+    "constructor arguments in the object store and max_restarts > 0. If the arguments in the "
+    "object store go out of scope or are lost, the actor restart will fail. See "
+    "https://github.com/ray-project/ray/issues/53727 for more details."
+)
+
+
+def test_the_model_actors_false_alarm_is_dropped_and_other_actors_lines_are_not(capfd):
+    other_actor = MODEL_ACTOR_LINE.replace("SplitCounter", "Embed")
+    with console_settings.quiet_native_stderr():
+        for line in (MODEL_ACTOR_LINE, MODEL_ACTOR_LINE.replace("SplitCounter", "MaskWriter")):
+            os.write(2, f"{line}\n".encode())
+        os.write(2, f"{other_actor}\n".encode())
+    assert capfd.readouterr().err == f"{other_actor}\n"

@@ -14,7 +14,10 @@ Quiet (the default) means:
   the project's own (`epoch_bar`, `progress_over`).
 - Lines of Ray's that ask nothing of a user dropped on the driver (`_DROPPED_LINES`): a
   false alarm about Train's PreemptionWatcher, Data's notice that its bars are off, the
-  raylet's count of worker processes started, Train's placement-group cleanup notice.
+  raylet's count of worker processes started, Train's placement-group cleanup notice; and
+  what Ray's C++ core worker in the driver writes to standard error itself
+  (`_DROPPED_NATIVE_LINES`, through `quiet_native_stderr` around every job's main): the
+  same kind of false alarm about evaluation's and prediction's model actors.
 - Tune's periodic status tables off: a search prints one line per trial event instead.
 
 Always, whatever the verbosity: Ray Train's `print` patch is off
@@ -26,6 +29,7 @@ line a worker printed reached the console twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -99,6 +103,19 @@ _DROPPED_LINES = (
 )
 
 
+# Lines that Ray's C++ core worker in the driver writes straight to its standard error, which
+# the driver drops when quiet (`quiet_native_stderr`).
+_DROPPED_NATIVE_LINES = (
+    # Ray Data hands every actor of a pool its DataContext and map function by object ref
+    # (ray-project/ray#57733), and starts pool actors restartable, so Ray core logs this
+    # ERROR when evaluation and prediction start their model actors. The refs belong to the
+    # driver, which runs the dataset until the last image is done, so a restart within the
+    # run finds them; the model's own weights (ray.put) are held by the driver just as long.
+    r"Actor with class name: 'MapWorker\(MapBatches\((?:SplitCounter|MaskWriter)\)\)' and "
+    r"ID: '\w+' has constructor arguments in the object store and max_restarts > 0",
+)
+
+
 def verbose(environment: Mapping[str, str] | None = None) -> bool:
     """Whether Ray's own logs are wanted (`--verbose`, i.e. APCNET_VERBOSE=1 in
     `environment`, default this process's environment)."""
@@ -158,6 +175,16 @@ def quiet_this_process() -> None:
     # Ray Data's own notice in this process (evaluation runs Ray Data on the driver).
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     _drop_forwarded_lines(_DROPPED_LINES)
+
+
+def quiet_native_stderr() -> contextlib.AbstractContextManager:
+    """A context in which, when quiet, the lines of `_DROPPED_NATIVE_LINES` that native code in
+    this process writes to its standard error are dropped (`stderr_filter.filtered_stderr`)."""
+    if verbose():
+        return contextlib.nullcontext()
+    from pipeline.train.stderr_filter import filtered_stderr
+
+    return filtered_stderr("|".join(f"(?:{pattern})" for pattern in _DROPPED_NATIVE_LINES))
 
 
 def _drop_forwarded_lines(patterns: Sequence[str]) -> None:
