@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.resnet import Bottleneck
 
 BACKBONE_NAMES = ("resnet50_v1c", "resnet101_v1c", "resnet50", "resnet101", "resnet18")
 
@@ -85,6 +83,48 @@ class DilatedBasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
+class DilatedBottleneck(nn.Module):
+    """ResNet bottleneck block (1x1, 3x3, 1x1 convs; stride and dilation on the 3x3), the same
+    layers in the same order as torchvision's `Bottleneck` (ResNet V1.5, which is also the
+    reference toolbox's "pytorch" style), so keys and outputs match both.
+
+    Written here rather than imported: `torchvision.models` imports all of torchvision, about
+    a second of CPU in every process that builds the model (each training worker, Train's
+    controller, each evaluation actor), which on a small machine is start-up time.
+    Input (N, in_channels, H, W) -> (N, 4 * channels, H/stride, W/stride).
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        dilation: int = 1,
+    ) -> None:
+        super().__init__()
+        out_channels = channels * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(
+            channels, channels, 3, stride, padding=dilation, dilation=dilation, bias=False
+        )
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv3 = nn.Conv2d(channels, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
     return [
         nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False),
@@ -120,7 +160,7 @@ class DilatedResNet(nn.Module):
     def __init__(self, spec: BackboneSpec, output_stride: int = 8) -> None:
         super().__init__()
         strides, dilations = _stage_strides_and_dilations(output_stride)
-        block_class = Bottleneck if spec.block == "bottleneck" else DilatedBasicBlock
+        block_class = DilatedBottleneck if spec.block == "bottleneck" else DilatedBasicBlock
         self.stem = _make_stem(spec.deep_stem)
         self.maxpool = nn.MaxPool2d(3, 2, padding=1)
         in_channels = 64
@@ -261,6 +301,8 @@ def load_backbone_state_dict(
                 f"(resnet18, resnet50, resnet101); {name!r} needs a local file: pass the path "
                 "of the reference toolbox's ImageNet file (e.g. resnet50_v1c-*.pth)."
             )
+        import torchvision.models  # only here: see DilatedBottleneck
+
         url = getattr(torchvision.models, torchvision_weights).IMAGENET1K_V1.url
         raw = download_imagenet_weights(url, name)
     else:

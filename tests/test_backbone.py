@@ -1,5 +1,7 @@
 """Dilated ResNet backbones: torchvision equivalence, dilation pattern, ImageNet weight loading."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,15 @@ def test_weights_of_the_wrong_layout_are_refused_with_the_missing_keys(tmp_path)
     path = _torchvision_resnet18_file(tmp_path / "resnet18.pth")
     with pytest.raises(ValueError, match=r"missing keys \[.*'layer1\.0\.conv3\.weight'"):
         build_backbone("resnet50", 8, path)
+
+
+def test_building_a_model_does_not_import_torchvision():
+    """torchvision costs about a second of CPU in every process that builds the model."""
+    program = (
+        "import sys\n"
+        "from apcnet import APCNet\n"
+        "APCNet(num_classes=3, backbone='resnet50_v1c')\n"
+        "sys.exit('torchvision' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    assert subprocess.run([sys.executable, "-c", program], cwd=root, timeout=120).returncode == 0
