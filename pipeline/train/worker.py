@@ -14,6 +14,7 @@ does not restart anything and the last good checkpoint stays the latest.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import sys
 import tempfile
@@ -112,6 +113,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     quiet_training_worker()
     settings: LoopSettings = loop_config["settings"]
     worker = Worker.current(settings)
+    train_shard = ray.train.get_dataset_shard(TRAIN_DATASET)
+    val_shard = ray.train.get_dataset_shard(VAL_DATASET)
+    # Ray Data starts the first epoch's execution (its coordinators, tasks and first blocks,
+    # seconds on a small machine) while this worker builds its model and restores its state.
+    first_batches: Iterable[Any] | None = _EarlyStartedBatches(
+        epoch_batches(train_shard, settings.config, worker.world_size)
+    )
     state = build_training_state(
         settings.config,
         settings.description,
@@ -126,13 +134,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         worker.say(f"resuming {settings.run_name} after epoch {state.progress.epoch}")
     model = ray.train.torch.prepare_model(state.model) if worker.world_size > 1 else state.model
     tracker = _open_tracker(settings, worker, _node_of_each_rank(worker))
-    train_shard = ray.train.get_dataset_shard(TRAIN_DATASET)
-    val_shard = ray.train.get_dataset_shard(VAL_DATASET)
     first_step_unix_s = float("nan")
     marks["model_ready"] = startup.now()
 
     for epoch in range(state.progress.epoch + 1, settings.total_epochs + 1):
-        result = train_one_epoch(model, state, train_shard, settings, worker, epoch)
+        result = train_one_epoch(
+            model, state, train_shard, settings, worker, epoch, batches=first_batches
+        )
+        first_batches = None
         if result.nonfinite_at_iteration is not None:
             return _stop_on_nonfinite_loss(epoch, result.nonfinite_at_iteration, tracker, worker)
         timeline: dict[str, float] = {}
@@ -166,21 +175,19 @@ def train_one_epoch(
     settings: LoopSettings,
     worker: Worker,
     epoch: int,
+    batches: Iterable[Any] | None = None,
 ) -> EpochResult:
-    """Train over this worker's batches of one epoch; losses are averaged over workers every
-    step. `model` is `state.model`, wrapped in DDP when there are several workers."""
+    """Train over this worker's batches of one epoch (`batches`, default the epoch's
+    `epoch_batches` of `train_shard`); losses are averaged over workers every step. `model` is
+    `state.model`, wrapped in DDP when there are several workers."""
     config = settings.config
     features = worker.features
     started = time.perf_counter()
     model.train()
     loss_sum, iterations, images_seen, first_step = 0.0, 0, 0, None
-    batches = _TimedBatches(
-        train_shard.iter_torch_batches(
-            batch_size=config.optimization.batch_size // worker.world_size,
-            drop_last=True,
-            prefetch_batches=config.data.ingest.prefetch_batches,
-        )
-    )
+    if batches is None:
+        batches = epoch_batches(train_shard, config, worker.world_size)
+    batches = _TimedBatches(batches)
     bar = epoch_bar(worker.speaks, epoch, settings.total_epochs, settings.iterations_per_epoch)
     for batch in batches:
         iteration = state.progress.global_iteration + iterations + 1
@@ -224,11 +231,41 @@ def train_one_epoch(
     )
 
 
+def epoch_batches(train_shard: Any, config: ExperimentConfig, world_size: int) -> Iterable[Any]:
+    """One epoch of this worker's training batches, uint8 (B, H, W, 3) and (B, H, W)."""
+    return train_shard.iter_torch_batches(
+        batch_size=config.optimization.batch_size // world_size,
+        drop_last=True,
+        prefetch_batches=config.data.ingest.prefetch_batches,
+    )
+
+
+class _EarlyStartedBatches:
+    """The batches of `batches`, the first of them fetched by a background thread from
+    construction on, so that the data set's start-up overlaps whatever the caller does next.
+    An error in that fetch is raised where the first batch is asked for."""
+
+    _END = object()
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        self._iterator = iter(batches)
+        fetcher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="first-batch")
+        self._first = fetcher.submit(next, self._iterator, self._END)
+        fetcher.shutdown(wait=False)
+
+    def __iter__(self) -> Iterator[Any]:
+        first = self._first.result()
+        if first is self._END:
+            return
+        yield first
+        yield from self._iterator
+
+
 class _TimedBatches:
     """The batches of `batches` in order; `wait_s` sums the wall time the loop waited for them.
 
     Each wait runs from asking for the next batch to receiving it: the first one (which starts
-    the data set's execution for the epoch), every later one that Ray Data's own prefetching did
+    the data set's execution for the epoch, or finishes an early start's), every later one that Ray Data's own prefetching did
     not hide, and the last request that ends the epoch.
     """
 
