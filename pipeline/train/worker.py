@@ -18,6 +18,7 @@ import concurrent.futures
 import math
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -249,9 +250,16 @@ class _EarlyStartedBatches:
 
     def __init__(self, batches: Iterable[Any]) -> None:
         self._iterator = iter(batches)
-        fetcher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="first-batch")
-        self._first = fetcher.submit(next, self._iterator, self._END)
-        fetcher.shutdown(wait=False)
+        self._first: concurrent.futures.Future = concurrent.futures.Future()
+        # A daemon thread: a fetch that never ends (its epoch abandoned) must not hold up the
+        # worker process's exit, as an executor's thread would.
+        threading.Thread(target=self._fetch_first, name="first-batch", daemon=True).start()
+
+    def _fetch_first(self) -> None:
+        try:
+            self._first.set_result(next(self._iterator, self._END))
+        except BaseException as error:  # handed to whoever asks for the first batch
+            self._first.set_exception(error)
 
     def __iter__(self) -> Iterator[Any]:
         first = self._first.result()
@@ -265,8 +273,8 @@ class _TimedBatches:
     """The batches of `batches` in order; `wait_s` sums the wall time the loop waited for them.
 
     Each wait runs from asking for the next batch to receiving it: the first one (which starts
-    the data set's execution for the epoch, or finishes an early start's), every later one that Ray Data's own prefetching did
-    not hide, and the last request that ends the epoch.
+    the data set's execution for the epoch, or waits out an early start), every later one that
+    Ray Data's own prefetching did not hide, and the last request that ends the epoch.
     """
 
     def __init__(self, batches: Iterable[Any]) -> None:
