@@ -9,10 +9,14 @@ Public names:
   `init_arguments`.
 - `console`: what the jobs and their Ray processes print, quiet unless `--verbose`
   (`APCNET_VERBOSE`); `quiet_this_process`, `variables_for_workers`, `epoch_bar`,
-  `progress_over`, `RunStart` (the training header), `labelled`.
+  `progress_over`, `RunStart` (the training header), `labelled`, `quiet_native_stderr`.
+- `stderr_filter`: dropping lines native code writes to the driver's stderr;
+  `filtered_stderr`.
 - `failures`: worker and node failures; `failure_config`, `NonFiniteLossError`,
   `WorkersNotPlacedError`.
 - `worker`: `train_loop_per_worker`, `train_one_epoch`, `LoopSettings`.
+- `batches`: a worker's batches for one epoch; `epoch_batches`, `TimedBatches` (input wait),
+  `EarlyStartedBatches` (the first epoch's data starting beside the model build).
 - `step`: one training step without Ray, shared by the worker and the GPU check;
   `batch_to_device`, `forward_loss`, `optimisation_step`.
 - `validation`: exact validation inside the workers, counts summed over workers; `validate`.

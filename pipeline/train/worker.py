@@ -14,13 +14,11 @@ does not restart anything and the last good checkpoint stays the latest.
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from torch import nn
 from pipeline.config.schema import ExperimentConfig
 from pipeline.data.ingest import TRAIN_DATASET, VAL_DATASET
 from pipeline.train import startup
+from pipeline.train.batches import EarlyStartedBatches, TimedBatches, epoch_batches
 from pipeline.train.console import epoch_bar, placement_line, quiet_training_worker
 from pipeline.train.hooks import LoopPosition, TrainingHook
 from pipeline.train.model import DeviceFeatures, build_training_state, device_features
@@ -118,7 +117,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     val_shard = ray.train.get_dataset_shard(VAL_DATASET)
     # Ray Data starts the first epoch's execution (its coordinators, tasks and first blocks,
     # seconds on a small machine) while this worker builds its model and restores its state.
-    first_batches: Iterable[Any] | None = _EarlyStartedBatches(
+    first_batches: Iterable[Any] | None = EarlyStartedBatches(
         epoch_batches(train_shard, settings.config, worker.world_size)
     )
     state = build_training_state(
@@ -188,7 +187,7 @@ def train_one_epoch(
     loss_sum, iterations, images_seen, first_step = 0.0, 0, 0, None
     if batches is None:
         batches = epoch_batches(train_shard, config, worker.world_size)
-    batches = _TimedBatches(batches)
+    batches = TimedBatches(batches)
     bar = epoch_bar(worker.speaks, epoch, settings.total_epochs, settings.iterations_per_epoch)
     for batch in batches:
         iteration = state.progress.global_iteration + iterations + 1
@@ -230,72 +229,6 @@ def train_one_epoch(
         first_step_unix_s=first_step,
         nonfinite_at_iteration=None,
     )
-
-
-def epoch_batches(train_shard: Any, config: ExperimentConfig, world_size: int) -> Iterable[Any]:
-    """One epoch of this worker's training batches, uint8 (B, H, W, 3) and (B, H, W)."""
-    return train_shard.iter_torch_batches(
-        batch_size=config.optimization.batch_size // world_size,
-        drop_last=True,
-        prefetch_batches=config.data.ingest.prefetch_batches,
-    )
-
-
-class _EarlyStartedBatches:
-    """The batches of `batches`, the first of them fetched by a background thread from
-    construction on, so that the data set's start-up overlaps whatever the caller does next.
-    An error in that fetch is raised where the first batch is asked for."""
-
-    _END = object()
-
-    def __init__(self, batches: Iterable[Any]) -> None:
-        self._iterator = iter(batches)
-        self._first: concurrent.futures.Future = concurrent.futures.Future()
-        # A daemon thread: a fetch that never ends (its epoch abandoned) must not hold up the
-        # worker process's exit, as an executor's thread would.
-        threading.Thread(target=self._fetch_first, name="first-batch", daemon=True).start()
-
-    def _fetch_first(self) -> None:
-        try:
-            self._first.set_result(next(self._iterator, self._END))
-        except BaseException as error:  # handed to whoever asks for the first batch
-            self._first.set_exception(error)
-
-    def __iter__(self) -> Iterator[Any]:
-        first = self._first.result()
-        if first is self._END:
-            return
-        yield first
-        yield from self._iterator
-
-
-class _TimedBatches:
-    """The batches of `batches` in order; `wait_s` sums the wall time the loop waited for them.
-
-    Each wait runs from asking for the next batch to receiving it: the first one (which starts
-    the data set's execution for the epoch, or waits out an early start), every later one that
-    Ray Data's own prefetching did not hide, and the last request that ends the epoch.
-    """
-
-    def __init__(self, batches: Iterable[Any]) -> None:
-        self._batches = batches
-        self._iterator: Iterator[Any] | None = None
-        self.wait_s = 0.0
-        self.first_batch_unix_s: float | None = None
-
-    def __iter__(self) -> _TimedBatches:
-        return self
-
-    def __next__(self) -> Any:
-        asked = time.perf_counter()
-        try:
-            if self._iterator is None:
-                self._iterator = iter(self._batches)
-            batch = next(self._iterator)
-            self.first_batch_unix_s = self.first_batch_unix_s or startup.now()
-            return batch
-        finally:
-            self.wait_s += time.perf_counter() - asked
 
 
 def _epoch_metrics(

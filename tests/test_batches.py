@@ -6,12 +6,12 @@ import threading
 
 import pytest
 
-from pipeline.train.worker import _EarlyStartedBatches, _TimedBatches
+from pipeline.train.batches import EarlyStartedBatches, TimedBatches
 
 
 def test_early_started_batches_are_the_same_batches_in_order():
-    assert list(_EarlyStartedBatches(iter(range(5)))) == [0, 1, 2, 3, 4]
-    assert list(_EarlyStartedBatches(iter([]))) == []
+    assert list(EarlyStartedBatches(iter(range(5)))) == [0, 1, 2, 3, 4]
+    assert list(EarlyStartedBatches(iter([]))) == []
 
 
 def test_the_first_batch_is_fetched_before_anyone_asks():
@@ -22,9 +22,9 @@ def test_the_first_batch_is_fetched_before_anyone_asks():
         yield "first"
         yield "second"
 
-    started = _EarlyStartedBatches(batches())
+    started = EarlyStartedBatches(batches())
     assert fetched.wait(timeout=10)
-    timed = _TimedBatches(started)
+    timed = TimedBatches(started)
     assert list(timed) == ["first", "second"]
     assert timed.first_batch_unix_s is not None
 
@@ -34,6 +34,6 @@ def test_an_error_in_the_early_fetch_is_raised_where_the_batch_is_asked_for():
         raise OSError("shard part-00003.parquet is unreadable")
         yield  # a generator
 
-    started = _EarlyStartedBatches(batches())
+    started = EarlyStartedBatches(batches())
     with pytest.raises(OSError, match="part-00003"):
         next(iter(started))
