@@ -158,6 +158,7 @@ VARIANTS: dict[str, Variant] = {
     "default": Variant(IngestOptions()),
     "default cpus0.5": Variant(IngestOptions(num_cpus=0.5)),
     "default prefetch 4": Variant(IngestOptions(prefetch_batches=4)),
+    "cpus0.5 prefetch 4": Variant(IngestOptions(num_cpus=0.5, prefetch_batches=4)),
     "window16 b8 cpus0.5": Variant(IngestOptions(batch_size=8, shuffle_window=16, num_cpus=0.5)),
     "window8 b8": Variant(IngestOptions(batch_size=8, shuffle_window=8)),
     "per-row map": Variant(IngestOptions(), per_row_map=True),
