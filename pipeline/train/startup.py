@@ -24,7 +24,7 @@ MARKS = (
     "ray_connected",  # imports done, Ray initialised or joined
     "fit_called",  # data set verified, MLflow run opened, trainer handed to Ray
     "loop_started",  # Ray Train's controller and worker group up, torch imported, DDP formed
-    "model_ready",  # model, optimizer and checkpoint restore on the worker, MLflow opened
+    "model_ready",  # model, optimizer and checkpoint restore on the worker
     "first_batch",  # Ray Data planned and streamed the first batch to rank 0
     "first_step",  # the first forward, backward and optimizer step
 )
@@ -47,10 +47,26 @@ PHASES = {
 RAY_TRAIN_SETTINGS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
+# For a Ray instance that this job starts itself and stops at its end. Ray Train's
+# PreemptionWatcher (an actor process per worker group, about 2 s of CPU to start, beside the
+# model build and the first batch) watches for nodes that Ray drains ahead of a spot
+# reclaim or a scale-down. The one node of such an instance is this machine, drained by
+# nobody, and it ends with the job. On a cluster (`ray job submit`, RAY_ADDRESS) the watcher
+# stays on, as cluster.yaml's spot workers need.
+LOCAL_INSTANCE_SETTINGS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
 def apply_ray_train_settings() -> None:
     """Set `RAY_TRAIN_SETTINGS` in this driver's environment unless already set; Ray Train
     forwards `RAY_TRAIN_*` variables to its controller and workers."""
     for name, value in RAY_TRAIN_SETTINGS.items():
+        os.environ.setdefault(name, value)
+
+
+def apply_local_instance_settings() -> None:
+    """Set `LOCAL_INSTANCE_SETTINGS` unless already set: call when this job starts its own
+    Ray instance."""
+    for name, value in LOCAL_INSTANCE_SETTINGS.items():
         os.environ.setdefault(name, value)
 
 

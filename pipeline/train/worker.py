@@ -17,8 +17,10 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,12 +116,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     settings: LoopSettings = loop_config["settings"]
     worker = Worker.current(settings)
     train_shard = ray.train.get_dataset_shard(TRAIN_DATASET)
-    val_shard = ray.train.get_dataset_shard(VAL_DATASET)
     # Ray Data starts the first epoch's execution (its coordinators, tasks and first blocks,
     # seconds on a small machine) while this worker builds its model and restores its state.
     first_batches: Iterable[Any] | None = EarlyStartedBatches(
         epoch_batches(train_shard, settings.config, worker.world_size)
     )
+    tracker = _open_tracker(settings, worker, _node_of_each_rank(worker))
     state = build_training_state(
         settings.config,
         settings.description,
@@ -133,7 +135,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             state = state.restored_from(Path(folder))
         worker.say(f"resuming {settings.run_name} after epoch {state.progress.epoch}")
     model = ray.train.torch.prepare_model(state.model) if worker.world_size > 1 else state.model
-    tracker = _open_tracker(settings, worker, _node_of_each_rank(worker))
     first_step_unix_s = float("nan")
     marks["model_ready"] = startup.now()
 
@@ -153,7 +154,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             timeline |= startup.phase_seconds(timeline)
         metrics = _epoch_metrics(epoch, result, state, first_step_unix_s) | timeline
         if settings.validates_after(epoch):
-            metrics |= _validate(state.model, val_shard, settings, worker)
+            metrics |= _validate(state.model, settings, worker)
         if tracker is not None:
             tracker.log_metrics(_tracked(metrics), step=epoch)
         worker.say(_epoch_line(metrics, settings.total_epochs))
@@ -249,12 +250,14 @@ def _epoch_metrics(
     }
 
 
-def _validate(
-    model: nn.Module, val_shard: Any, settings: LoopSettings, worker: Worker
-) -> dict[str, float]:
+def _validate(model: nn.Module, settings: LoopSettings, worker: Worker) -> dict[str, float]:
+    # The val shard is asked for at the first validation, not at start-up: asking starts its
+    # split coordinator (a Ray actor process, about 2 s of CPU) that would otherwise compete
+    # with the model build and the first batch. Every rank validates after the same epochs,
+    # as this call (a barrier across workers) requires; Ray caches the shard after that.
     return validate(
         model,
-        val_shard,
+        ray.train.get_dataset_shard(VAL_DATASET),
         class_names=settings.description.class_names,
         ignore_index=settings.description.ignore_index,
         batch_size=settings.config.evaluation.batch_size,
@@ -321,24 +324,49 @@ def _node_of_each_rank(worker: Worker) -> list[str]:
 
 
 def _open_tracker(settings: LoopSettings, worker: Worker, nodes: list[str]) -> Any:
-    """Rank 0 says where the workers run and opens the MLflow run (None elsewhere)."""
+    """Rank 0 says where the workers run and starts opening the MLflow run (None elsewhere)."""
     if worker.rank != 0:
         return None
     placement = ",".join(f"{rank}:{node}" for rank, node in enumerate(nodes))
     worker.say(placement_line(nodes))
     if not settings.config.tracking.enabled:
         return None
-    from pipeline.tracking.retry import RetryPolicy
-    from pipeline.tracking.runs import RunTracker
-    from pipeline.tracking.tags import WORKER_NODES_TAG
 
-    return RunTracker.open(
-        settings.run_name,
-        tracking_uri=settings.tracking_uri,
-        experiment=settings.experiment_name,
-        tags={**settings.tracking_tags, WORKER_NODES_TAG: placement},
-        retry=RetryPolicy(budget_s=settings.config.tracking.outage_wait_s),
-    )
+    def open_run() -> Any:
+        from pipeline.tracking.retry import RetryPolicy
+        from pipeline.tracking.runs import RunTracker
+        from pipeline.tracking.tags import WORKER_NODES_TAG
+
+        return RunTracker.open(
+            settings.run_name,
+            tracking_uri=settings.tracking_uri,
+            experiment=settings.experiment_name,
+            tags={**settings.tracking_tags, WORKER_NODES_TAG: placement},
+            retry=RetryPolicy(budget_s=settings.config.tracking.outage_wait_s),
+        )
+
+    return _OpeningTracker(open_run)
+
+
+class _OpeningTracker:
+    """An MLflow run being opened on a background thread. Importing MLflow and finding the run
+    take rank 0 about 1.5 s of CPU, which would delay every rank's first step (DDP waits for
+    rank 0); beside the model build and the first batch they cost little. The driver opened
+    the same run before training, so its address is known to work. `log_metrics` waits for
+    the opening and raises what it raised."""
+
+    def __init__(self, open_run: Callable[[], Any]) -> None:
+        self._opened: Future[Any] = Future()
+        threading.Thread(target=self._open, args=(open_run,), daemon=True).start()
+
+    def _open(self, open_run: Callable[[], Any]) -> None:
+        try:
+            self._opened.set_result(open_run())
+        except BaseException as error:  # handed to the thread that logs
+            self._opened.set_exception(error)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._opened.result().log_metrics(metrics, step=step)
 
 
 def _tracked(metrics: dict[str, float]) -> dict[str, float]:
