@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from ray.job_config import JobConfig
 
-from pipeline.train import console
+from pipeline.train import console, startup
 
 FORWARDED_PREFIXES = ("AWS_", "GOOGLE_", "MLFLOW_")
 # Set by Ray's job manager in a submitted job's driver: the job's runtime_env.
@@ -31,7 +31,19 @@ def connect(**init_options: Any) -> None:
     console.quiet_this_process()
     if ray.is_initialized():
         return
+    if not joins_a_cluster(dict(os.environ), init_options):
+        startup.apply_local_instance_settings()
     ray.init(**init_arguments(), **init_options)
+
+
+def joins_a_cluster(environment: dict[str, str], init_options: dict[str, Any]) -> bool:
+    """Whether `ray.init` will join a running cluster (an address given, RAY_ADDRESS set, or
+    inside `ray job submit`) rather than start a local instance for this process."""
+    return bool(
+        init_options.get("address")
+        or environment.get("RAY_ADDRESS")
+        or environment.get(SUBMITTED_JOB_CONFIG_ENV)
+    )
 
 
 def init_arguments() -> dict[str, Any]:
