@@ -161,33 +161,47 @@ VARIANTS: dict[str, Variant] = {
     "cpus0.5 prefetch 4": Variant(IngestOptions(num_cpus=0.5, prefetch_batches=4)),
     "window16 b8 cpus0.5": Variant(IngestOptions(batch_size=8, shuffle_window=16, num_cpus=0.5)),
     "window8 b8": Variant(IngestOptions(batch_size=8, shuffle_window=8)),
+    "window32 b16": Variant(IngestOptions(shuffle_window=32, batch_size=16)),
     "per-row map": Variant(IngestOptions(), per_row_map=True),
     "rows b8 (previous default)": Variant(IngestOptions(shuffle="rows", batch_size=8)),
     "files b8": Variant(IngestOptions(shuffle="files", batch_size=8)),
     "files b8 + local buffer 32": Variant(IngestOptions(shuffle="files", batch_size=8), 32),
-    "window64 b8": Variant(IngestOptions(shuffle="window", batch_size=8)),
-    "window64 b8 + local buffer 32": Variant(IngestOptions(shuffle="window", batch_size=8), 32),
-    "window64 b2": Variant(IngestOptions(shuffle="window", batch_size=2)),
-    "window64 b32": Variant(IngestOptions(shuffle="window", batch_size=32)),
+    "window64 b8": Variant(IngestOptions(shuffle_window=64, shuffle="window", batch_size=8)),
+    "window64 b8 + local buffer 32": Variant(
+        IngestOptions(shuffle_window=64, shuffle="window", batch_size=8), 32
+    ),
+    "window64 b2": Variant(IngestOptions(shuffle_window=64, shuffle="window", batch_size=2)),
+    "window64 b32 (previous default)": Variant(
+        IngestOptions(shuffle_window=64, shuffle="window", batch_size=32)
+    ),
     "window64 b32 unsplit reads": Variant(
-        IngestOptions(shuffle="window", batch_size=32, split_reads=False)
+        IngestOptions(shuffle_window=64, shuffle="window", batch_size=32, split_reads=False)
     ),
     "window16 b8": Variant(IngestOptions(shuffle="window", batch_size=8, shuffle_window=16)),
-    "window64 b8 cpus0.5": Variant(IngestOptions(shuffle="window", batch_size=8, num_cpus=0.5)),
+    "window64 b8 cpus0.5": Variant(
+        IngestOptions(shuffle_window=64, shuffle="window", batch_size=8, num_cpus=0.5)
+    ),
     "window64 b8 concurrency2": Variant(
-        IngestOptions(shuffle="window", batch_size=8, concurrency=2)
+        IngestOptions(shuffle_window=64, shuffle="window", batch_size=8, concurrency=2)
     ),
     "window64 b8 actors2 cpus0.5": Variant(
-        IngestOptions(shuffle="window", batch_size=8, actors=True, concurrency=2, num_cpus=0.5)
+        IngestOptions(
+            shuffle_window=64,
+            shuffle="window",
+            batch_size=8,
+            actors=True,
+            concurrency=2,
+            num_cpus=0.5,
+        )
     ),
     "window64 b8 unsplit reads": Variant(
-        IngestOptions(shuffle="window", batch_size=8, split_reads=False)
+        IngestOptions(shuffle_window=64, shuffle="window", batch_size=8, split_reads=False)
     ),
     "files b8 unsplit reads": Variant(
         IngestOptions(shuffle="files", batch_size=8, split_reads=False)
     ),
     "window64 b8 row groups 8": Variant(
-        IngestOptions(shuffle="window", batch_size=8), row_group_rows=8
+        IngestOptions(shuffle_window=64, shuffle="window", batch_size=8), row_group_rows=8
     ),
     "rows b8 row groups 8": Variant(IngestOptions(shuffle="rows", batch_size=8), row_group_rows=8),
 }
