@@ -7,7 +7,7 @@ The CPU split on a node: the training workers hold `scaling.resources_per_worker
 Ray Train takes those CPUs out of Ray Data's budget; Ray Data decodes and augments with what is
 left, or with at most `cpu_limit` CPUs when that is set. On a small CPU-only node the workers'
 CPU fraction is the real lever (the default: 2 workers x 0.5 of a 2-core laptop leave one CPU,
-run as two tasks of half a CPU each); on a GPU node give the workers one CPU each and Ray Data
+which runs one decode task at a time); on a GPU node give the workers one CPU each and Ray Data
 the rest.
 """
 
@@ -28,7 +28,8 @@ class IngestOptions:
         was the best under load and level with 8 on a quiet machine; blocks hold uint8 images
         and masks (a 512 crop is about 1 MB per row).
     num_cpus: CPUs reserved per decode/augment task (or actor). Half a CPU lets two tasks
-        share one CPU, which hides each task's start-up and reading behind the other's work.
+        share one CPU, hiding each task's start-up and reading behind the other's work; on
+        2 cores that measured no faster than whole-CPU tasks (benchmarks/ingest.py).
     concurrency: maximum parallel tasks (None: as many as the CPU budget allows); with
         `actors` the fixed size of the actor pool (None: one actor per whole CPU requested).
     cpu_limit: Ray Data's CPUs while it feeds training (None: what the training workers
