@@ -49,6 +49,7 @@ from pipeline.tune.trials import (
     best_row,
     classify_trial,
     format_trials_table,
+    result_line,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -169,6 +170,17 @@ def test_a_trial_that_ended_before_its_last_epoch_was_stopped_early() -> None:
     assert classify_trial(2, 3, errored=False, finished=False) == UNFINISHED
 
 
+def test_an_epoch_result_line_names_the_trial_the_epoch_and_the_values_it_has() -> None:
+    result = {"epoch": 2, "train_loss": 1.23456, "val_miou": 0.4321, "lr": 0.001}
+    assert result_line("t1", result, "val_miou", 3) == (
+        "trial t1 epoch 2/3: val_miou=0.4321 train_loss=1.235"
+    )
+    without_validation = {"epoch": 1, "train_loss": 2.0, "val_miou": float("nan")}
+    assert result_line("t1", without_validation, "train_loss", 3) == (
+        "trial t1 epoch 1/3: train_loss=2"
+    )
+
+
 SCORED_ROWS = [
     TrialRow("a", "s-a", {"lr": 0.1}, 3, 0.2, COMPLETED),
     TrialRow("b", "s-b", {"lr": 0.01}, 1, float("nan"), ERRORED),
@@ -261,7 +273,7 @@ def child_runs_by_lr(config: ExperimentConfig, parent_run_id: str) -> dict[float
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_a_grid_search_logs_every_trial_stops_the_useless_one_and_records_the_best(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Ordered best-first with one trial at a time: the useless rate comes last, when every
     # rung already holds better values. ASHA ranks by training loss here: after one tiny
@@ -299,6 +311,20 @@ def test_a_grid_search_logs_every_trial_stops_the_useless_one_and_records_the_be
     assert stopped.data.tags[TRIAL_STATUS_TAG] == STOPPED_EARLY
     assert stopped.info.status == "KILLED"
     assert runs[best_rate].info.status == "FINISHED"
+
+    # The console: each trial's start, one line per epoch it ran, and how it ended, once each.
+    console = capsys.readouterr().out.splitlines()
+    for row in outcome.trials:
+        mine = [line for line in console if line.startswith(f"trial {row.trial_id} ")]
+        ending = "completed" if row.status == COMPLETED else "stopped early"
+        assert [line.split(":")[0] for line in mine] == [
+            f"trial {row.trial_id} started",
+            *(
+                f"trial {row.trial_id} epoch {epoch}/{EPOCHS}"
+                for epoch in range(1, row.epochs_run + 1)
+            ),
+            f"trial {row.trial_id} {ending} after {row.epochs_run} epochs",
+        ], "\n".join(console)
 
     parent = client.get_run(outcome.parent_run_id)
     assert outcome.best is not None and outcome.best.parameters["lr"] != USELESS_LR

@@ -118,10 +118,23 @@ class TrialStatusCallback(Callback):
         tracker.set_terminated(RUN_STATUS[status])
 
 
+def result_line(trial_id: str, result: Mapping[str, Any], metric: str, planned_epochs: int) -> str:
+    """A trial's line for one reported epoch: `trial <id> epoch E/P:` then the search metric,
+    `train_loss` and `val_miou`, each where the epoch has a value (val_miou is NaN in an epoch
+    without validation)."""
+    parts = [f"trial {trial_id} epoch {epochs_of(result)}/{planned_epochs}:"]
+    for key in dict.fromkeys((metric, "train_loss", "val_miou")):
+        value = result.get(key)
+        if isinstance(value, int | float) and not math.isnan(value):
+            parts.append(f"{key}={value:.4g}")
+    return " ".join(parts)
+
+
 class TrialEventLines(Callback):
     """The search's console when quiet: one line per trial event (started with its
-    parameters, completed or stopped early with its best metric, failed), printed by the
-    Tune driver in place of Tune's periodic status tables. Pickled with the experiment."""
+    parameters, each epoch's result, completed or stopped early with its best metric,
+    failed), printed by the Tune driver in place of Tune's periodic status tables. Pickled
+    with the experiment."""
 
     def __init__(self, tune_section: TuneSection, planned_epochs: int) -> None:
         self.metric = tune_section.metric
@@ -138,6 +151,7 @@ class TrialEventLines(Callback):
             best = self.best.get(trial.trial_id, value)
             pick = max if self.mode == "max" else min
             self.best[trial.trial_id] = pick(best, value)
+        print(result_line(trial.trial_id, result, self.metric, self.planned_epochs), flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
         epochs = epochs_of(trial.last_result)
