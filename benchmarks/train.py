@@ -207,10 +207,10 @@ def _submitted_job_timeline(
 
 def _stop_cluster(markers: tuple[str, str]) -> None:
     """Stop only the processes of the cluster started above: those whose command line names
-    its temp folder (`markers[0]`) or GCS address, and their descendants. Ray's agents and workers rename themselves
-    (`ray::DashboardAgent`), so only their parentage says which cluster they belong to; a
-    dashboard agent left behind keeps a core busy for seconds after its raylet is gone, which
-    would be charged to the next measurement."""
+    its temp folder (`markers[0]`) or GCS address, and their descendants. Ray's agents and
+    workers rename themselves (`ray::DashboardAgent`), so only their parentage says which
+    cluster they belong to; a dashboard agent left behind keeps a core busy for seconds after
+    its raylet is gone, which would be charged to the next measurement."""
     cluster = _cluster_pids(markers)
     for pid in cluster:
         with suppress(ProcessLookupError):

@@ -125,9 +125,14 @@ def result_line(trial_id: str, result: Mapping[str, Any], metric: str, planned_e
     parts = [f"trial {trial_id} epoch {epochs_of(result)}/{planned_epochs}:"]
     for key in dict.fromkeys((metric, "train_loss", "val_miou")):
         value = result.get(key)
-        if isinstance(value, int | float) and not math.isnan(value):
+        if _is_number(value):
             parts.append(f"{key}={value:.4g}")
     return " ".join(parts)
+
+
+def _is_number(value: Any) -> bool:
+    """A reported value that counts: a number, not NaN (an epoch's missing validation)."""
+    return isinstance(value, int | float) and not math.isnan(value)
 
 
 class TrialEventLines(Callback):
@@ -147,7 +152,7 @@ class TrialEventLines(Callback):
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result, **info):
         value = result.get(self.metric)
-        if isinstance(value, int | float) and not math.isnan(value):
+        if _is_number(value):
             best = self.best.get(trial.trial_id, value)
             pick = max if self.mode == "max" else min
             self.best[trial.trial_id] = pick(best, value)
