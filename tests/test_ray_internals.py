@@ -11,6 +11,7 @@ import ray
 from ray.data import DataContext
 
 from pipeline.data.ingest import completed_passes
+from pipeline.train import startup
 
 RECHECK_PASSES = (
     "recheck pipeline.data.ingest.completed_passes (written against Ray 2.60.0) for this Ray "
@@ -61,3 +62,18 @@ def test_the_driver_drops_forwarded_lines_matching_a_deduplicators_skip_pattern(
     batch = {"ip": "127.0.0.1", "pid": 7, "lines": ["a real line", "[E] a false alarm here"]}
     printed = [line for out in deduplicator.deduplicate(batch) for line in out["lines"]]
     assert printed == ["a real line"], RECHECK_LINE_FILTER
+
+
+def test_train_registers_with_the_autoscaling_coordinator_the_driver_started(ray_session):
+    from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client import (
+        TrainAutoscalingCoordinatorClient,
+    )
+
+    started = startup.start_autoscaling_coordinator()
+    ray.get(started.__ray_ready__.remote(), timeout=60)
+    found_by_train = TrainAutoscalingCoordinatorClient("train-test")._autoscaling_coordinator
+    assert found_by_train._actor_id == started._actor_id, (
+        "Ray Train's controller no longer uses the autoscaling coordinator that "
+        "pipeline.train.startup.start_autoscaling_coordinator starts (written against Ray "
+        "2.60.0): recheck it for this Ray version, or drop it"
+    )

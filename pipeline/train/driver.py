@@ -162,6 +162,7 @@ def fit_run(
     connect()
     marks = {"driver_process": process_started_unix_s, "ray_connected": startup.now()}
     startup.apply_ray_train_settings()
+    startup.start_autoscaling_coordinator()
     storage = storage_root(config, storage_path)
     folder = run_folder(run_name, storage)
     data = data or load_training_data(config.data)
@@ -172,7 +173,8 @@ def fit_run(
     resumed_after = last_completed_epoch(run_name, storage)
     if on_start is not None:
         on_start(console.run_start(config, data, settings, resumed_after))
-
+    # Before the MLflow run opens, so that a shard Ray Data cannot plan leaves no run behind.
+    datasets = training_datasets(config.data, manifest, resumed_after)
     tracker = None
     if config.tracking.enabled:
         tracker = _open_driver_tracker(config, run_name, settings, mlflow_parent_run_id, manifest)
@@ -199,7 +201,7 @@ def fit_run(
             callbacks=list(extra_callbacks),
             logging_config=console.train_logging_config(),
         ),
-        datasets=training_datasets(config.data, manifest, resumed_after),
+        datasets=datasets,
         dataset_config=data_config(ingest=config.data.ingest),
     )
     try:
