@@ -26,7 +26,7 @@ MARKS = (
     "fit_called",  # data set verified and planned, MLflow run opened, trainer handed to Ray
     "loop_started",  # Ray Train's controller and worker group up, torch imported, DDP formed
     "model_ready",  # model, optimizer and checkpoint restore on the worker
-    "first_batch",  # Ray Data planned and streamed the first batch to rank 0
+    "first_batch",  # Ray Data started executing and streamed the first batch to rank 0
     "first_step",  # the first forward, backward and optimizer step
 )
 # Each phase's short name (the console) and description (benchmarks/train.py).
@@ -35,7 +35,7 @@ PHASES = {
     "fit_called": ("set-up", "run set-up (data set check and plan, MLflow)"),
     "loop_started": ("workers", "trainer controller, worker group, torch import"),
     "model_ready": ("model", "model build on the worker"),
-    "first_batch": ("first batch", "data set planning and first batch"),
+    "first_batch": ("first batch", "data set execution start and first batch"),
     "first_step": ("first step", "first training step"),
 }
 
