@@ -43,6 +43,7 @@ from pipeline.train.run_folder import (
     SCORE_METRIC,
     best_checkpoint,
     completed_summary,
+    is_reported_number,
     last_completed_epoch,
     latest_checkpoint,
     run_folder,
@@ -371,8 +372,7 @@ def _best_metrics(result: Any) -> dict[str, Any]:
     scored = [
         metrics
         for _, metrics in (result.best_checkpoints or [])
-        if isinstance(metrics.get(SCORE_METRIC), int | float)
-        and not math.isnan(metrics[SCORE_METRIC])
+        if is_reported_number(metrics.get(SCORE_METRIC))
     ]
     return max(scored, key=lambda metrics: metrics[SCORE_METRIC]) if scored else {}
 

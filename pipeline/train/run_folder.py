@@ -100,7 +100,7 @@ def best_checkpoint(run_name: str, storage_path: str | Path | None = None) -> st
     scored = [
         (metrics.get(SCORE_METRIC), checkpoint)
         for checkpoint, metrics in result.best_checkpoints or []
-        if _is_number(metrics.get(SCORE_METRIC))
+        if is_reported_number(metrics.get(SCORE_METRIC))
     ]
     if not scored:
         raise FileNotFoundError(
@@ -140,5 +140,7 @@ def _result(run_name: str, storage_path: str | Path | None) -> tuple[storage.Sto
         ) from error
 
 
-def _is_number(value: object) -> bool:
+def is_reported_number(value: object) -> bool:
+    """A reported metric value that counts: a number, not NaN (NaN stands for a value an epoch
+    did not measure, such as val_miou in an epoch without validation)."""
     return isinstance(value, int | float) and not math.isnan(value)

@@ -27,6 +27,7 @@ from pipeline.tracking.tags import (
     EPOCHS_RUN_TAG,
     TRIAL_STATUS_TAG,
 )
+from pipeline.train.run_folder import is_reported_number
 from pipeline.tune.space import PARAMETER_FIELDS, describe_parameters
 
 COMPLETED = "completed"
@@ -125,14 +126,9 @@ def result_line(trial_id: str, result: Mapping[str, Any], metric: str, planned_e
     parts = [f"trial {trial_id} epoch {epochs_of(result)}/{planned_epochs}:"]
     for key in dict.fromkeys((metric, "train_loss", "val_miou")):
         value = result.get(key)
-        if _is_number(value):
+        if is_reported_number(value):
             parts.append(f"{key}={value:.4g}")
     return " ".join(parts)
-
-
-def _is_number(value: Any) -> bool:
-    """A reported value that counts: a number, not NaN (an epoch's missing validation)."""
-    return isinstance(value, int | float) and not math.isnan(value)
 
 
 class TrialEventLines(Callback):
@@ -152,7 +148,7 @@ class TrialEventLines(Callback):
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result, **info):
         value = result.get(self.metric)
-        if _is_number(value):
+        if is_reported_number(value):
             best = self.best.get(trial.trial_id, value)
             pick = max if self.mode == "max" else min
             self.best[trial.trial_id] = pick(best, value)
