@@ -77,3 +77,62 @@ def test_train_registers_with_the_autoscaling_coordinator_the_driver_started(ray
         "pipeline.train.startup.start_autoscaling_coordinator starts (written against Ray "
         "2.60.0): recheck it for this Ray version, or drop it"
     )
+
+
+RECHECK_LIMITS = (
+    "recheck pipeline.data.executor_limits (written against Ray 2.60.0) for this Ray version: "
+    "without it the first second of every Ray Data execution runs one task at a time"
+)
+
+
+def test_importing_the_ingest_module_makes_ray_data_read_its_limits_every_tenth_second():
+    import pipeline.data.ingest  # noqa: F401  (the import applies the setting)
+    from pipeline.data.executor_limits import LIMITS_REFRESH_S, limits_refresh_s
+
+    assert limits_refresh_s() == LIMITS_REFRESH_S == 0.1
+
+
+def test_ray_datas_executor_still_refreshes_its_limits_on_the_interval_this_project_sets():
+    import inspect
+
+    from ray.data._internal.execution.resource_manager import ResourceManager
+
+    source = inspect.getsource(ResourceManager.get_global_limits)
+    assert "GLOBAL_LIMITS_UPDATE_INTERVAL_S" in source, RECHECK_LIMITS
+    assert "_get_total_resources()" in source, RECHECK_LIMITS
+
+
+def test_the_limits_setting_refuses_a_ray_without_it(monkeypatch):
+    from ray.data._internal.execution.resource_manager import ResourceManager
+
+    from pipeline.data.executor_limits import refresh_limits_quickly
+
+    monkeypatch.delattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S")
+    with pytest.raises(RuntimeError, match="GLOBAL_LIMITS_UPDATE_INTERVAL_S"):
+        refresh_limits_quickly()
+
+
+def test_a_process_that_unpickles_an_ingest_callable_gets_the_setting_before_it_runs_anything():
+    # What Ray Train's split coordinators do before they build an executor: unpickle the
+    # dataset, whose batch callables are classes of pipeline.data.ingest (pickled by reference).
+    import pickle
+    import subprocess
+    import sys
+
+    from pipeline.data.ingest import _AugmentBatch
+    from pipeline.data.transforms import AugmentationConfig
+
+    callable_bytes = pickle.dumps(
+        _AugmentBatch(AugmentationConfig(), 0, 0, None, batch_size=2, shuffle_window=True)
+    )
+    script = (
+        "import pickle, sys\n"
+        "from pipeline.data.executor_limits import limits_refresh_s\n"
+        "before = limits_refresh_s()\n"
+        "pickle.loads(sys.stdin.buffer.read())\n"
+        "print(before, limits_refresh_s())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], input=callable_bytes, capture_output=True, check=True
+    )
+    assert result.stdout.decode().split() == ["1.0", "0.1"], RECHECK_LIMITS

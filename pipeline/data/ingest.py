@@ -49,6 +49,7 @@ from ray.data import DataContext, ExecutionOptions, RandomSeedConfig
 from pipeline.config.augmentation import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.config.ingest import IngestOptions
 from pipeline.config.schema import DataSection
+from pipeline.data.executor_limits import refresh_limits_quickly
 from pipeline.data.shards import Manifest
 from pipeline.data.transforms import (
     AugmentationConfig,
@@ -57,6 +58,10 @@ from pipeline.data.transforms import (
     decode_mask,
     normalize,
 )
+
+# At import, on purpose: Ray Train's split coordinators run the executors of the datasets built
+# here and import this module to unpickle them, and have no other hook (executor_limits says why).
+refresh_limits_quickly()
 
 # The names of the data sets a training run streams (`training_datasets`).
 TRAIN_DATASET = "train"
