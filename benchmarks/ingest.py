@@ -8,8 +8,7 @@ batches in the consuming process, through:
   DataLoader's workers, float32 sent to the consumer; and
 - `pipeline.data.ingest.train_dataset` under named Ray Data variants (IngestOptions, the consumer's
   local shuffle buffer, the shards' row-group size, a per-row `map` instead of `map_batches`,
-  Ray Data's per-operator resource reservation, how often its executor reads the cluster's
-  resources),
+  Ray Data's per-operator resource reservation, its executor's timing),
   uint8 blocks normalised by the consumer with the training step's own `batch_to_device`,
 interleaved in rounds (DataLoader, then every variant, repeated), so a noisy machine slows
 them alike; each variant's ratio is taken against the DataLoader of its own round and the
@@ -37,7 +36,7 @@ import torch
 from PIL import Image
 
 from pipeline.config.ingest import IngestOptions
-from pipeline.data.executor_limits import LIMITS_REFRESH_S, refresh_limits_quickly
+from pipeline.data.executor_timing import LIMITS_REFRESH_S, TASK_WAIT_S, apply_executor_timing
 from pipeline.data.ingest import SAMPLE_COLUMNS, read_shards, sample_seed, train_dataset
 from pipeline.data.shard_writer import ShardWriter, write_manifest
 from pipeline.data.shards import Manifest, ShardRow, load_manifest, read_shard_rows
@@ -160,15 +159,19 @@ class Variant:
     # still has blocks waiting; measured here only: in training, where Ray Data has one CPU
     # beside the workers, turning it off delayed every epoch's first blocks (README).
     operator_reservation: bool = True
-    # Seconds between the executor's reads of the cluster's resources (pipeline.data.
-    # executor_limits; Ray's own is 1.0, and the first second of an epoch then runs one task).
+    # The executor's timing (pipeline.data.executor_timing): seconds between its reads of the
+    # cluster's resources (Ray's own 1.0 runs the first second of an epoch one task at a time)
+    # and between its looks at running tasks (Ray's own 0.1 leaves a CPU idle after each task).
     limits_refresh_s: float = LIMITS_REFRESH_S
+    task_wait_s: float = TASK_WAIT_S
 
 
 VARIANTS: dict[str, Variant] = {
     "default": Variant(IngestOptions()),
     "no operator reservation": Variant(IngestOptions(), operator_reservation=False),
     "Ray's 1 s limits refresh": Variant(IngestOptions(), limits_refresh_s=1.0),
+    "Ray's 0.1 s task wait": Variant(IngestOptions(), task_wait_s=0.1),
+    "Ray's executor timing": Variant(IngestOptions(), limits_refresh_s=1.0, task_wait_s=0.1),
     "default cpus0.5": Variant(IngestOptions(num_cpus=0.5)),
     "default prefetch 4": Variant(IngestOptions(prefetch_batches=4)),
     "cpus0.5 prefetch 4": Variant(IngestOptions(num_cpus=0.5, prefetch_batches=4)),
@@ -218,7 +221,7 @@ VARIANTS: dict[str, Variant] = {
     ),
     "rows b8 row groups 8": Variant(IngestOptions(shuffle="rows", batch_size=8), row_group_rows=8),
 }
-QUICK_VARIANTS = ("default", "Ray's 1 s limits refresh", "no operator reservation", "per-row map")
+QUICK_VARIANTS = ("default", "Ray's executor timing", "no operator reservation", "per-row map")
 
 
 def measure_ray(
@@ -238,9 +241,9 @@ def measure_ray(
             manifest, "train", config, seed=0, epoch=epoch, ingest=variant.ingest
         )
     dataset.context.op_resource_reservation_enabled = variant.operator_reservation
-    # The executor runs in this process (iter_torch_batches on the driver), so the class-level
-    # setting applies to it; set back afterwards for the next variant.
-    refresh_limits_quickly(variant.limits_refresh_s)
+    # The executor runs in this process (iter_torch_batches on the driver), so the process-wide
+    # timing applies to it; set back afterwards for the next variant.
+    apply_executor_timing(variant.limits_refresh_s, variant.task_wait_s)
     try:
         start = time.perf_counter()
         batches = dataset.iter_torch_batches(
@@ -253,7 +256,7 @@ def measure_ray(
         images = sum(batch_to_device(batch, cpu, False, config)[0].shape[0] for batch in batches)
         return Measurement(name, images, time.perf_counter() - start)
     finally:
-        refresh_limits_quickly(LIMITS_REFRESH_S)
+        apply_executor_timing()
 
 
 def per_row_dataset(manifest: Manifest, config: AugmentationConfig, epoch: int):

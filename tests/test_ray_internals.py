@@ -79,40 +79,51 @@ def test_train_registers_with_the_autoscaling_coordinator_the_driver_started(ray
     )
 
 
-RECHECK_LIMITS = (
-    "recheck pipeline.data.executor_limits (written against Ray 2.60.0) for this Ray version: "
-    "without it the first second of every Ray Data execution runs one task at a time"
+RECHECK_TIMING = (
+    "recheck pipeline.data.executor_timing (written against Ray 2.60.0) for this Ray version: "
+    "without it Ray Data's CPUs idle between short decode tasks"
 )
 
 
-def test_importing_the_ingest_module_makes_ray_data_read_its_limits_every_tenth_second():
+def test_importing_the_ingest_module_sets_ray_datas_executor_timing():
     import pipeline.data.ingest  # noqa: F401  (the import applies the setting)
-    from pipeline.data.executor_limits import LIMITS_REFRESH_S, limits_refresh_s
+    from pipeline.data.executor_timing import LIMITS_REFRESH_S, TASK_WAIT_S, executor_timing
 
-    assert limits_refresh_s() == LIMITS_REFRESH_S == 0.1
+    assert executor_timing() == (LIMITS_REFRESH_S, TASK_WAIT_S) == (0.1, 0.02)
 
 
-def test_ray_datas_executor_still_refreshes_its_limits_on_the_interval_this_project_sets():
+def test_ray_datas_executor_still_reads_the_two_timings_this_project_sets():
     import inspect
 
+    from ray.data._internal.execution import streaming_executor_state
     from ray.data._internal.execution.resource_manager import ResourceManager
 
-    source = inspect.getsource(ResourceManager.get_global_limits)
-    assert "GLOBAL_LIMITS_UPDATE_INTERVAL_S" in source, RECHECK_LIMITS
-    assert "_get_total_resources()" in source, RECHECK_LIMITS
+    limits_source = inspect.getsource(ResourceManager.get_global_limits)
+    assert "GLOBAL_LIMITS_UPDATE_INTERVAL_S" in limits_source, RECHECK_TIMING
+    assert "_get_total_resources()" in limits_source, RECHECK_TIMING
+    wait_source = inspect.getsource(streaming_executor_state.process_completed_tasks)
+    assert "timeout=WAIT_FOR_TASK_COMPLETION_TIMEOUT_S" in wait_source, RECHECK_TIMING
 
 
-def test_the_limits_setting_refuses_a_ray_without_it(monkeypatch):
+@pytest.mark.parametrize(
+    "name", ["GLOBAL_LIMITS_UPDATE_INTERVAL_S", "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S"]
+)
+def test_the_timing_refuses_a_ray_without_one_of_its_settings(monkeypatch, name):
+    from ray.data._internal.execution import streaming_executor_state
     from ray.data._internal.execution.resource_manager import ResourceManager
 
-    from pipeline.data.executor_limits import refresh_limits_quickly
+    from pipeline.data.executor_timing import apply_executor_timing
 
-    monkeypatch.delattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S")
-    with pytest.raises(RuntimeError, match="GLOBAL_LIMITS_UPDATE_INTERVAL_S"):
-        refresh_limits_quickly()
+    owner = {
+        "GLOBAL_LIMITS_UPDATE_INTERVAL_S": ResourceManager,
+        "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S": streaming_executor_state,
+    }[name]
+    monkeypatch.delattr(owner, name)
+    with pytest.raises(RuntimeError, match=name):
+        apply_executor_timing()
 
 
-def test_a_process_that_unpickles_an_ingest_callable_gets_the_setting_before_it_runs_anything():
+def test_a_process_that_unpickles_an_ingest_callable_gets_the_timing_before_it_runs_anything():
     # What Ray Train's split coordinators do before they build an executor: unpickle the
     # dataset, whose batch callables are classes of pipeline.data.ingest (pickled by reference).
     import pickle
@@ -127,12 +138,12 @@ def test_a_process_that_unpickles_an_ingest_callable_gets_the_setting_before_it_
     )
     script = (
         "import pickle, sys\n"
-        "from pipeline.data.executor_limits import limits_refresh_s\n"
-        "before = limits_refresh_s()\n"
+        "from pipeline.data.executor_timing import executor_timing\n"
+        "before = executor_timing()\n"
         "pickle.loads(sys.stdin.buffer.read())\n"
-        "print(before, limits_refresh_s())\n"
+        "print(*before, *executor_timing())\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], input=callable_bytes, capture_output=True, check=True
     )
-    assert result.stdout.decode().split() == ["1.0", "0.1"], RECHECK_LIMITS
+    assert result.stdout.decode().split() == ["1.0", "0.1", "0.1", "0.02"], RECHECK_TIMING

@@ -49,7 +49,7 @@ from ray.data import DataContext, ExecutionOptions, RandomSeedConfig
 from pipeline.config.augmentation import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.config.ingest import IngestOptions
 from pipeline.config.schema import DataSection
-from pipeline.data.executor_limits import refresh_limits_quickly
+from pipeline.data.executor_timing import apply_executor_timing
 from pipeline.data.shards import Manifest
 from pipeline.data.transforms import (
     AugmentationConfig,
@@ -60,8 +60,8 @@ from pipeline.data.transforms import (
 )
 
 # At import, on purpose: Ray Train's split coordinators run the executors of the datasets built
-# here and import this module to unpickle them, and have no other hook (executor_limits says why).
-refresh_limits_quickly()
+# here and import this module to unpickle them, and have no other hook (executor_timing says why).
+apply_executor_timing()
 
 # The names of the data sets a training run streams (`training_datasets`).
 TRAIN_DATASET = "train"
