@@ -18,11 +18,14 @@ images does:
   end to the next start (an epoch of 10 tasks 2.75 s instead of 2.0); with 0.02 s, 0.04-0.05 s
   (2.35 s), for about 0.1 s more of the executor's CPU per epoch.
 
-Both are module-level values of Ray Data, so they have to be set in every process that runs an
-executor: the driver that iterates a dataset, and the split coordinator actors through which
-Ray Train streams datasets to its workers. `pipeline.data.ingest` calls `apply_executor_timing`
-when it is imported, which covers both: the coordinators import it to unpickle the datasets'
-batch callables before they build an executor.
+What the shorter values cost: a refresh is one small call to the coordinator actor (sent only
+once the previous one has been answered), and each look at the tasks one `ray.wait` in the
+executor's thread. Both are process-wide values of Ray Data (a class attribute and a module
+global), so they have to be set in every process that runs an executor: the driver that
+iterates a dataset, and the split coordinator actors through which Ray Train streams datasets
+to its workers. `pipeline.data.ingest` calls `apply_executor_timing` when it is imported, which
+covers both: the coordinators import it to unpickle the datasets' batch callables before they
+build an executor.
 """
 
 from __future__ import annotations
