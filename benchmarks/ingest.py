@@ -155,9 +155,9 @@ class Variant:
     row_group_rows: int = 64
     per_row_map: bool = False
     # Ray Data's per-operator resource reservation (DataContext.op_resource_reservation_enabled).
-    # It holds the decode operator to about half of the CPU budget while the read operator
-    # still has blocks waiting; measured here only: in training, where Ray Data has one CPU
-    # beside the workers, turning it off delayed every epoch's first blocks (README).
+    # Off, the executor submits every task of the epoch at once and Ray runs them back to back;
+    # measured here only: in training, where Ray Data has one CPU beside the workers, turning it
+    # off delayed every epoch's first blocks (README).
     operator_reservation: bool = True
     # The executor's timing (pipeline.data.executor_timing): seconds between its reads of the
     # cluster's resources (Ray's own 1.0 runs the first second of an epoch one task at a time)
