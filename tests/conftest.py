@@ -46,14 +46,14 @@ def ray_session() -> Iterator[None]:
     """
     import ray
 
-    from pipeline.tune.search import API_SERVER_ADDRESS_VARIABLE, init_local_ray
+    from pipeline.train.connection import API_SERVER_ADDRESS_VARIABLE, start_local_instance
 
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     saved_api_address = os.environ.get(API_SERVER_ADDRESS_VARIABLE)
     # With the dashboard and its address known to every Ray process, the State API works even
     # beside other Ray instances on this machine: Train's placement-group cleaner needs it,
     # without it a Tune trial stopped by ASHA never frees its workers' resources.
-    init_local_ray(
+    start_local_instance(
         num_cpus=2,
         object_store_memory=1_000_000_000,
         _temp_dir=temp_dir,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any
 
 import ray
@@ -20,6 +21,8 @@ from ray.job_config import JobConfig
 from pipeline.train import console, startup
 
 FORWARDED_PREFIXES = ("AWS_", "GOOGLE_", "MLFLOW_")
+# Where Ray's processes find the State API (the dashboard's address).
+API_SERVER_ADDRESS_VARIABLE = "RAY_API_SERVER_ADDRESS"
 # Set by Ray's job manager in a submitted job's driver: the job's runtime_env.
 SUBMITTED_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
@@ -31,9 +34,39 @@ def connect(**init_options: Any) -> None:
     console.quiet_this_process()
     if ray.is_initialized():
         return
-    if not joins_a_cluster(dict(os.environ), init_options):
+    if joins_a_cluster(dict(os.environ), init_options):
+        ray.init(**init_arguments(), **init_options)
+    else:
         startup.apply_local_instance_settings()
-    ray.init(**init_arguments(), **init_options)
+        start_local_instance(**init_options)
+
+
+def start_local_instance(**init_options: Any) -> None:
+    """Start a local Ray instance (with its dashboard) that its own processes can find.
+
+    Ray Train's placement-group cleaner, a detached actor, asks the State API whether the run's
+    training controller is still alive, and removes the run's placement group when it is not.
+    Without an address it guesses the instance, and when several Ray instances run on one
+    machine (other users' jobs, test sessions) the guess raises and the cleaner dies with a
+    traceback on the console: a Tune trial that ASHA stops then never frees its workers' CPUs.
+    An address inherited from the environment is worse: it names another instance, which knows
+    nothing of this job's controller, so the cleaner removes the placement group while the
+    workers start. So the dashboard (which serves the State API) gets a known port on the
+    loopback, and its URL is put in the environment every Ray process of this instance
+    inherits. `init_options` go to `ray.init` (e.g. num_cpus, _temp_dir), after the job's
+    runtime_env and console options (`init_arguments`).
+    """
+    port = free_local_port()
+    os.environ[API_SERVER_ADDRESS_VARIABLE] = f"http://127.0.0.1:{port}"
+    dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
+    ray.init(**{**init_arguments(), **dashboard, **init_options})
+
+
+def free_local_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def joins_a_cluster(environment: dict[str, str], init_options: dict[str, Any]) -> bool:

@@ -3,7 +3,7 @@
 May import: pipeline.config, pipeline.data, pipeline.train, pipeline.tracking.
 
 Public names:
-- `search`: `run_search` (start or resume a named search), `SearchOutcome`, `init_local_ray`.
+- `search`: `run_search` (start or resume a named search), `SearchOutcome`.
 - `space`: a trial's parameters and the config they set; `searched_values`,
   `apply_trial_parameters`, `describe_parameters`.
 - `trials`: the search's MLflow bookkeeping; `TrialStatusCallback`, `TrialRow`,

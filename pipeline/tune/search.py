@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +36,7 @@ from pipeline.data.builtin import TrainingData, load_training_data
 from pipeline.storage import apcnet_home
 from pipeline.tracking.runs import RunTracker, resolve_tracking
 from pipeline.tracking.tags import KIND_SEARCH, KIND_TAG, KIND_TRIAL, TRIAL_ID_TAG
-from pipeline.train.connection import init_arguments
+from pipeline.train.connection import start_local_instance
 from pipeline.train.console import quiet_this_process, verbose
 from pipeline.tune.space import apply_trial_parameters, searched_values
 from pipeline.tune.trials import (
@@ -58,7 +56,6 @@ from pipeline.tune.trials import (
 # Tune's own time axis: one reported result per training epoch.
 TIME_ATTRIBUTE = "training_iteration"
 # Read by Ray's State API client in every Ray process (ray.util.state).
-API_SERVER_ADDRESS_VARIABLE = "RAY_API_SERVER_ADDRESS"
 
 
 @dataclass(frozen=True)
@@ -231,7 +228,7 @@ def run_search(
     trainable = _trainable(config, context, tune_section)
 
     if not ray.is_initialized():
-        init_local_ray()
+        start_local_instance()
     resumed = tune.Tuner.can_restore(str(experiment_path))
     if resumed:
         tuner = tune.Tuner.restore(str(experiment_path), trainable, resume_errored=True)
@@ -296,31 +293,6 @@ def run_search(
         wall_time_s=time.perf_counter() - started,
         table=format_trials_table(rows, tune_section.metric, tune_section.mode),
     )
-
-
-def init_local_ray(**init_options: Any) -> None:
-    """Start a local Ray instance (with its dashboard) that its own processes can find.
-
-    Ray Train's placement-group cleaner, a detached actor, asks the State API whether a
-    trial's training controller is still alive. Without an address it guesses the cluster,
-    and when several Ray instances run on one machine (other users' jobs, test sessions) the
-    guess raises, the cleaner dies, and the placement group of every trial ASHA stops is never
-    removed: later trials then wait for CPUs forever. So the dashboard (which serves the State
-    API) gets a known port, and its URL is put in the environment every Ray process of this
-    instance inherits. `init_options` go to `ray.init` (e.g. num_cpus, _temp_dir), after the
-    job's runtime_env and console options (`pipeline.train.connection.init_arguments`).
-    """
-    port = free_local_port()
-    os.environ[API_SERVER_ADDRESS_VARIABLE] = f"http://127.0.0.1:{port}"
-    dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
-    ray.init(**{**init_arguments(), **dashboard, **init_options})
-
-
-def free_local_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def run_trial(
