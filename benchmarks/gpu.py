@@ -46,7 +46,8 @@ from pipeline.train.model import (
     build_training_state,
     device_features,
 )
-from pipeline.train.state import RunDescription, TrainingState
+from pipeline.train.settings import RunDescription
+from pipeline.train.state import TrainingState
 from pipeline.train.step import batch_to_device, forward_loss, optimisation_step
 from pipeline.train.validation import validate
 

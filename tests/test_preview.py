@@ -27,7 +27,8 @@ from pipeline.tracking.runs import RunTracker
 from pipeline.train.driver import TrainOutcome
 from pipeline.train.model import build_training_state, device_features
 from pipeline.train.run_folder import PREVIEW_FILE, run_folder
-from pipeline.train.state import RunDescription, checkpoint_folder_name
+from pipeline.train.settings import RunDescription
+from pipeline.train.state import checkpoint_folder_name
 
 NUM_VAL = 6  # more than the picture shows: it takes the first DEFAULT_PREVIEW_SAMPLES
 TILE_HEIGHT = 160  # sample_grid's defaults: 32 px images become 160 px square tiles

@@ -147,3 +147,78 @@ def test_a_process_that_unpickles_an_ingest_callable_gets_the_timing_before_it_r
         [sys.executable, "-c", script], input=callable_bytes, capture_output=True, check=True
     )
     assert result.stdout.decode().split() == ["1.0", "0.1", "0.1", "0.02"], RECHECK_TIMING
+
+
+RECHECK_PROCESS_GROUP = (
+    "recheck pipeline.train.process_group (written against Ray 2.60.0's ray.train.torch.config) "
+    "for this Ray version: the training loop forms torch's process group itself"
+)
+
+
+@pytest.mark.slow
+def test_the_workers_form_their_group_in_the_loop_and_the_controller_never_imports_torch(
+    ray_session, tmp_path
+):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.train.process_group import TorchProcessGroupConfig, join_process_group
+
+    group = TorchProcessGroupConfig(use_gpu=False, timeout_s=60)
+
+    # Defined here so that it travels to the Ray workers by value (they cannot import tests/).
+    # It names no module of this file's globals: cloudpickle would send along, and the
+    # workers import before the loop, every submodule of it imported here (ray.train.torch).
+    def loop() -> dict:
+        import sys
+
+        torch_before_the_loop = "torch" in sys.modules  # before anything here imports it
+        import os
+        from pathlib import Path
+
+        import ray.train
+        import torch
+        import torch.distributed as dist
+        from ray.util.state import list_actors
+
+        join_process_group(group, torch.device("cpu"))
+        ranks = torch.tensor([float(ray.train.get_context().get_world_rank() + 1)])
+        dist.all_reduce(ranks)
+        [controller] = list_actors(
+            filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE")]
+        )
+        controller_maps = Path(f"/proc/{controller.pid}/maps").read_text()
+        return {
+            "torch_before_the_loop": torch_before_the_loop,
+            "sum_of_ranks": ranks.item(),
+            "environment": [os.environ[name] for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")],
+            "controller_has_torch": "libtorch" in controller_maps,
+        }
+
+    result = TorchTrainer(
+        loop,
+        torch_config=group,
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+        run_config=RunConfig(name="process-group", storage_path=str(tmp_path)),
+    ).fit()
+    assert result.return_value == {  # rank 0's
+        "torch_before_the_loop": False,
+        "sum_of_ranks": 3.0,
+        "environment": ["0", "2", "0"],
+        "controller_has_torch": False,
+    }, RECHECK_PROCESS_GROUP
+
+
+def test_what_the_driver_hands_the_workers_unpickles_without_torch():
+    # Ray Train's controller unpickles the training function's config and the backend config
+    # before it asks for the workers; importing torch there delays the whole start-up.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import pipeline.train.entry, pipeline.train.process_group, pipeline.train.settings\n"
+        "print(sorted(name for name in ('torch', 'apcnet') if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
+    assert result.stdout.decode().strip() == "[]"

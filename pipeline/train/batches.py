@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pipeline.config.schema import ExperimentConfig
@@ -28,21 +28,28 @@ def epoch_batches(train_shard: Any, config: ExperimentConfig, world_size: int) -
 
 
 class EarlyStartedBatches:
-    """The batches of `batches`, the first of them fetched by a background thread from
-    construction on, so that the data set's start-up overlaps whatever the caller does next.
-    An error in that fetch is raised where the first batch is asked for."""
+    """The batches `open_batches()` returns, opened and the first of them fetched by a
+    background thread from construction on, so that the data set's start-up overlaps whatever
+    the caller does next. An error in opening or in that fetch is raised where the first batch
+    is asked for.
+
+    The thread also opens them because opening `iter_torch_batches` imports torch: the worker's
+    own import of torch then runs beside the data set's start instead of before it."""
 
     _END = object()
 
-    def __init__(self, batches: Iterable[Any]) -> None:
-        self._iterator = iter(batches)
+    def __init__(self, open_batches: Callable[[], Iterable[Any]]) -> None:
+        self._iterator: Iterator[Any] | None = None
         self._first: concurrent.futures.Future = concurrent.futures.Future()
         # A daemon thread: a fetch that never ends (its epoch abandoned) must not hold up the
         # worker process's exit, as an executor's thread would.
-        threading.Thread(target=self._fetch_first, name="first-batch", daemon=True).start()
+        threading.Thread(
+            target=self._fetch_first, args=(open_batches,), name="first-batch", daemon=True
+        ).start()
 
-    def _fetch_first(self) -> None:
+    def _fetch_first(self, open_batches: Callable[[], Iterable[Any]]) -> None:
         try:
+            self._iterator = iter(open_batches())
             self._first.set_result(next(self._iterator, self._END))
         except BaseException as error:  # handed to whoever asks for the first batch
             self._first.set_exception(error)
@@ -52,6 +59,7 @@ class EarlyStartedBatches:
         if first is self._END:
             return
         yield first
+        assert self._iterator is not None  # set before the first batch was
         yield from self._iterator
 
 

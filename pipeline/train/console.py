@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from pipeline.config.schema import ExperimentConfig
     from pipeline.data.builtin import TrainingData
-    from pipeline.train.worker import LoopSettings
+    from pipeline.train.settings import LoopSettings
 
 T = TypeVar("T")
 VERBOSE_VARIABLE = "APCNET_VERBOSE"

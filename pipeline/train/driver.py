@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ray.train import CheckpointConfig, RunConfig, ScalingConfig, UserCallback
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 
 from pipeline.config.schema import (
     ConfigError,
@@ -37,8 +37,10 @@ from pipeline.tracking.tags import (
 )
 from pipeline.train import console, startup
 from pipeline.train.connection import connect
+from pipeline.train.entry import train_loop_per_worker
 from pipeline.train.failures import NonFiniteLossError, failure_config, workers_not_placed
 from pipeline.train.hooks import TrainingHook, hooks_from_environment
+from pipeline.train.process_group import TorchProcessGroupConfig
 from pipeline.train.run_folder import (
     SCORE_METRIC,
     best_checkpoint,
@@ -52,12 +54,9 @@ from pipeline.train.run_folder import (
     write_complete_marker,
     write_config_once,
 )
-from pipeline.train.state import RunDescription, read_progress
-from pipeline.train.worker import (
-    NONFINITE_STATUS,
-    LoopSettings,
-    train_loop_per_worker,
-)
+from pipeline.train.settings import LoopSettings, RunDescription
+from pipeline.train.state import read_progress
+from pipeline.train.worker import NONFINITE_STATUS
 
 
 @dataclass(frozen=True)
@@ -183,7 +182,9 @@ def fit_run(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"settings": settings, "startup_marks": marks},
-        torch_config=TorchConfig(timeout_s=config.scaling.process_group_timeout_s),
+        # Forms the process group as Ray's TorchConfig does, without torch in the controller
+        # and after the workers asked for their data (see pipeline.train.process_group).
+        torch_config=TorchProcessGroupConfig.of(config.scaling),
         scaling_config=ScalingConfig(
             num_workers=config.scaling.num_workers,
             use_gpu=config.scaling.use_gpu,

@@ -11,7 +11,8 @@ from torch import nn
 from apcnet import APCNet
 from apcnet.schedule import PolyLR
 from pipeline.config.schema import ExperimentConfig, ModelSection, ScalingSection
-from pipeline.train.state import RunDescription, TrainingState
+from pipeline.train.settings import RunDescription
+from pipeline.train.state import TrainingState
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Where a run's start-up time goes: wall-clock marks from the driver's start to the first step.
 
 The driver marks its own process start, the moment Ray answered and the moment it handed the
-trainer to Ray; rank 0 marks the start of its training loop (its process placed, torch
-imported, the process group formed), the model ready, the first batch received and the first
-optimisation step finished. The first epoch of each attempt carries the marks in its metrics
+trainer to Ray; rank 0 marks the start of its training function (its process placed, before
+torch is imported), the model ready (torch imported, the process group formed, the model built),
+the first batch received and the first optimisation step finished. The first epoch of each attempt carries the marks in its metrics
 (`startup/<mark>_unix_s`, kept in the checkpoint's history, not sent to MLflow as such) and
 MLflow gets the phase durations (`startup/<phase>_s`). `benchmarks/train.py` adds the time
 from `ray job submit` to the driver's start.
@@ -24,8 +24,8 @@ MARKS = (
     "driver_process",  # the driver's Python process started (job start before it)
     "ray_connected",  # imports done, Ray initialised or joined
     "fit_called",  # data set verified and planned, MLflow run opened, trainer handed to Ray
-    "loop_started",  # Ray Train's controller and worker group up, torch imported, DDP formed
-    "model_ready",  # model, optimizer and checkpoint restore on the worker
+    "loop_started",  # Ray Train's controller and worker group up, the training function called
+    "model_ready",  # torch imported, process group formed, model, optimizer, checkpoint restored
     "first_batch",  # Ray Data started executing and streamed the first batch to rank 0
     "first_step",  # the first forward, backward and optimizer step
 )
@@ -33,8 +33,8 @@ MARKS = (
 PHASES = {
     "ray_connected": ("ray", "imports and Ray connection"),
     "fit_called": ("set-up", "run set-up (data set check and plan, MLflow)"),
-    "loop_started": ("workers", "trainer controller, worker group, torch import"),
-    "model_ready": ("model", "model build on the worker"),
+    "loop_started": ("workers", "trainer controller and worker group"),
+    "model_ready": ("model", "torch import, process group and model on the worker"),
     "first_batch": ("first batch", "data set execution start and first batch"),
     "first_step": ("first step", "first training step"),
 }

@@ -18,8 +18,7 @@ from torch import nn
 
 from apcnet.checkpoint import load_checkpoint, save_checkpoint
 from pipeline import storage
-from pipeline.config.schema import ExperimentConfig, config_to_dict
-from pipeline.data.shards import Manifest
+from pipeline.train.settings import RunDescription
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FOLDER_PREFIX = "epoch_"
@@ -28,38 +27,6 @@ CHECKPOINT_FOLDER_PREFIX = "epoch_"
 def checkpoint_folder_name(epoch: int) -> str:
     """The checkpoint folder written after `epoch` in the run folder: `epoch_0004`."""
     return f"{CHECKPOINT_FOLDER_PREFIX}{epoch:04d}"
-
-
-@dataclass(frozen=True)
-class RunDescription:
-    """What a checkpoint says about the run that wrote it (fixed for the whole run)."""
-
-    run_name: str
-    class_names: tuple[str, ...]
-    palette: tuple[tuple[int, int, int], ...]
-    ignore_index: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    config: dict[str, Any]
-    manifest_path: str
-
-    @staticmethod
-    def of_run(
-        run_name: str, config: ExperimentConfig, manifest: Manifest, manifest_path: str
-    ) -> RunDescription:
-        """The description of run `run_name` training with `config` on `manifest` (whose
-        file is `manifest_path`)."""
-        augmentation = config.data.augmentation
-        return RunDescription(
-            run_name=run_name,
-            class_names=manifest.class_names,
-            palette=manifest.palette,
-            ignore_index=manifest.ignore_index,
-            mean=tuple(augmentation.mean),
-            std=tuple(augmentation.std),
-            config=config_to_dict(config),
-            manifest_path=manifest_path,
-        )
 
 
 @dataclass(frozen=True)

@@ -32,41 +32,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.config.schema import ExperimentConfig
-from pipeline.data.ingest import TRAIN_DATASET, VAL_DATASET
+from pipeline.data.ingest import VAL_DATASET
 from pipeline.train import startup
-from pipeline.train.batches import EarlyStartedBatches, TimedBatches, epoch_batches
-from pipeline.train.console import epoch_bar, placement_line, quiet_training_worker
-from pipeline.train.hooks import LoopPosition, TrainingHook
+from pipeline.train.batches import TimedBatches, epoch_batches
+from pipeline.train.console import epoch_bar, placement_line
+from pipeline.train.hooks import LoopPosition
 from pipeline.train.model import DeviceFeatures, build_training_state, device_features
-from pipeline.train.state import RunDescription, TrainingState, checkpoint_folder_name
+from pipeline.train.process_group import TorchProcessGroupConfig, join_process_group
+from pipeline.train.settings import LoopSettings
+from pipeline.train.state import TrainingState, checkpoint_folder_name
 from pipeline.train.step import batch_to_device, forward_loss, optimisation_step
 from pipeline.train.validation import validate
 
 COMPLETED_STATUS = "completed"
 NONFINITE_STATUS = "nonfinite_loss"
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    """Everything a worker needs, computed once by the driver (picklable)."""
-
-    config: ExperimentConfig
-    run_name: str
-    run_folder: str
-    description: RunDescription
-    iterations_per_epoch: int
-    total_epochs: int
-    total_iterations: int
-    tracking_uri: str | None
-    experiment_name: str | None
-    tracking_tags: dict[str, str]
-    hooks: tuple[TrainingHook, ...] = ()
-    # Rank 0's console: the placement, a bar and a line per epoch (off in a Tune trial).
-    console: bool = True
-
-    def validates_after(self, epoch: int) -> bool:
-        return epoch % self.config.evaluation.every_epochs == 0 or epoch == self.total_epochs
 
 
 @dataclass(frozen=True)
@@ -105,22 +84,21 @@ class EpochResult:
     nonfinite_at_iteration: int | None
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train entry point: `train_loop_config={"settings": LoopSettings(...)}`.
+def run_training(
+    settings: LoopSettings,
+    marks: dict[str, float],
+    train_shard: Any,
+    first_batches: Iterable[Any] | None,
+) -> dict[str, Any]:
+    """The loop of `pipeline.train.entry.train_loop_per_worker`, which has asked for this
+    worker's `train_shard` and started the first epoch's `first_batches`; `marks` are the
+    start-up's so far.
 
     Returns (rank 0's value becomes `Result.return_value`) {"status": "completed"} or
     {"status": "nonfinite_loss", "epoch": e, "global_iteration": i}.
     """
-    marks = {**loop_config.get("startup_marks", {}), "loop_started": startup.now()}
-    quiet_training_worker()
-    settings: LoopSettings = loop_config["settings"]
     worker = Worker.current(settings)
-    train_shard = ray.train.get_dataset_shard(TRAIN_DATASET)
-    # Ray Data starts the first epoch's execution (its coordinators, tasks and first blocks,
-    # seconds on a small machine) while this worker builds its model and restores its state.
-    first_batches: Iterable[Any] | None = EarlyStartedBatches(
-        epoch_batches(train_shard, settings.config, worker.world_size)
-    )
+    join_process_group(TorchProcessGroupConfig.of(settings.config.scaling), worker.device)
     tracker = _open_tracker(settings, worker, _node_of_each_rank(worker))
     state = build_training_state(
         settings.config,
