@@ -29,7 +29,6 @@ import traceback
 
 from jobs.cli import add_config_arguments, add_register_argument, job_parser, run_job
 from pipeline.config.schema import ExperimentConfig, load_config
-from pipeline.evaluate.preview import write_training_preview
 from pipeline.evaluate.registry import RegistrationRequest, model_to_register, register_run
 from pipeline.tracking.runs import ui_command
 from pipeline.train.console import RunStart, labelled
@@ -98,6 +97,10 @@ def print_summary(outcome: TrainOutcome) -> None:
 
 def print_picture(outcome: TrainOutcome, config: ExperimentConfig, debug: bool) -> None:
     """Draw the run that has just finished on a few validation images; print where it went."""
+    # Imported here, after training: it imports torch (about 1.2 s), which the driver does not
+    # need before the run starts.
+    from pipeline.evaluate.preview import write_training_preview
+
     try:
         location = write_training_preview(outcome, config)
     except Exception as error:

@@ -160,7 +160,7 @@ def test_the_workers_form_their_group_in_the_loop_and_the_controller_never_impor
     ray_session, tmp_path
 ):
     from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from pipeline.train.process_group import TorchProcessGroupConfig, join_process_group
 
@@ -195,9 +195,9 @@ def test_the_workers_form_their_group_in_the_loop_and_the_controller_never_impor
             "controller_has_torch": "libtorch" in controller_maps,
         }
 
-    result = TorchTrainer(
+    result = DataParallelTrainer(
         loop,
-        torch_config=group,
+        backend_config=group,
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
         run_config=RunConfig(name="process-group", storage_path=str(tmp_path)),
     ).fit()

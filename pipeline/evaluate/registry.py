@@ -26,19 +26,26 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline import storage
 from pipeline.config.schema import ExperimentConfig
 from pipeline.errors import UserError
-from pipeline.evaluate.model import InferenceModel, load_project_checkpoint
 from pipeline.tracking.tags import (
     MANIFEST_HASH_TAG,
     TRAINING_RUN_ID_TAG,
     TRAINING_RUN_NAME_TAG,
     VAL_MIOU_TAG,
 )
+
+if TYPE_CHECKING:
+    from pipeline.evaluate.model import InferenceModel
+
+# The training job checks --register (model_to_register) before it trains, and must not import
+# torch for that: the checkpoint loader (pipeline.evaluate.model, torch) is imported where a
+# checkpoint is read.
 
 MODEL_URI_PREFIX = "models:/"
 LOGGED_MODEL_NAME = "model"
@@ -188,6 +195,8 @@ def register_run(request: RegistrationRequest) -> Registration:
             "pass the --tracking-uri / --experiment it was trained with (a run trained with "
             "tracking.enabled: false cannot be registered)"
         )
+    from pipeline.evaluate.model import load_project_checkpoint
+
     load_project_checkpoint(checkpoint)  # an unreadable checkpoint fails here, not in MLflow
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     val_miou = (summary or {}).get("best_val_miou")
@@ -282,6 +291,8 @@ def registered_checkpoint(model_uri: str, tracking_uri: str | None = None) -> It
 def load_registered_model(model_uri: str, tracking_uri: str | None = None) -> InferenceModel:
     """A registered model (`models:/NAME/VERSION` or `models:/NAME@alias`) for inference,
     loaded exactly like its checkpoint file; its source is the model URI."""
+    from pipeline.evaluate.model import load_project_checkpoint
+
     with registered_checkpoint(model_uri, tracking_uri) as checkpoint:
         loaded = load_project_checkpoint(checkpoint)
     return replace(loaded, source=model_uri)

@@ -1,4 +1,4 @@
-"""The training driver: data set, TorchTrainer, fit, and what a run's name means.
+"""The training driver: data set, Ray Train's trainer, fit, and what a run's name means.
 
 `fit_run` trains one named run and is what Ray Tune calls per trial. `train` wraps it for the
 job: a run whose folder is marked complete is reported and left alone; any other existing run
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ray.train import CheckpointConfig, RunConfig, ScalingConfig, UserCallback
-from ray.train.torch import TorchTrainer
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from pipeline.config.schema import (
     ConfigError,
@@ -54,9 +54,8 @@ from pipeline.train.run_folder import (
     write_complete_marker,
     write_config_once,
 )
-from pipeline.train.settings import LoopSettings, RunDescription
+from pipeline.train.settings import NONFINITE_STATUS, LoopSettings, RunDescription
 from pipeline.train.state import read_progress
-from pipeline.train.worker import NONFINITE_STATUS
 
 
 @dataclass(frozen=True)
@@ -179,12 +178,14 @@ def fit_run(
     if config.tracking.enabled:
         tracker = _open_driver_tracker(config, run_name, settings, mlflow_parent_run_id, manifest)
     marks["fit_called"] = startup.now()
-    trainer = TorchTrainer(
+    # Ray's TorchTrainer is this trainer with Ray's TorchConfig, whose module imports torch (in
+    # this driver too, about 1.2 s before the first step); this project's backend config forms
+    # the same process group without torch in the controller and after the workers asked for
+    # their data (pipeline.train.process_group).
+    trainer = DataParallelTrainer(
         train_loop_per_worker,
         train_loop_config={"settings": settings, "startup_marks": marks},
-        # Forms the process group as Ray's TorchConfig does, without torch in the controller
-        # and after the workers asked for their data (see pipeline.train.process_group).
-        torch_config=TorchProcessGroupConfig.of(config.scaling),
+        backend_config=TorchProcessGroupConfig.of(config.scaling),
         scaling_config=ScalingConfig(
             num_workers=config.scaling.num_workers,
             use_gpu=config.scaling.use_gpu,

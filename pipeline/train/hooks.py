@@ -14,8 +14,10 @@ import importlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the driver imports this module and does not need torch before fit()
+    import torch
 
 HOOKS_ENV = "APCNET_TRAINING_HOOKS"
 

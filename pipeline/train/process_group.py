@@ -48,7 +48,8 @@ _NCCL_ERROR_HANDLING_VARIABLES = ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL
 @dataclass
 class TorchProcessGroupConfig(BackendConfig):
     """Which collective backend the workers use and how long a collective may hang. Passed to
-    `TorchTrainer` as its `torch_config`, in place of Ray's `TorchConfig`."""
+    Ray Train's `DataParallelTrainer` as its `backend_config`, as `TorchTrainer` passes Ray's
+    `TorchConfig`."""
 
     use_gpu: bool
     timeout_s: int = 1800

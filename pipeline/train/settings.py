@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from pipeline.data.shards import Manifest
     from pipeline.train.hooks import TrainingHook
 
+# What rank 0's training function returns as its "status" (Result.return_value).
+COMPLETED_STATUS = "completed"
+NONFINITE_STATUS = "nonfinite_loss"
+
 
 @dataclass(frozen=True)
 class RunDescription:

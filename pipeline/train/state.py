@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from apcnet.checkpoint import load_checkpoint, save_checkpoint
 from pipeline import storage
 from pipeline.train.settings import RunDescription
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# The driver imports this module to read a run's progress before it starts training, and must
+# not import torch for that (about 1.2 s before the first step): torch and apcnet.checkpoint are
+# imported where a checkpoint is written or read.
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FOLDER_PREFIX = "epoch_"
@@ -66,6 +70,8 @@ class TrainingState:
     def save(self, folder: Path, run: RunDescription) -> Path:
         """Write `<folder>/checkpoint.pt` (atomically, by `apcnet.checkpoint.save_checkpoint`);
         returns its path."""
+        from apcnet.checkpoint import save_checkpoint
+
         folder.mkdir(parents=True, exist_ok=True)
         return save_checkpoint(
             folder / CHECKPOINT_FILE,
@@ -97,6 +103,8 @@ class TrainingState:
                 f"checkpoint folder {folder} has no {CHECKPOINT_FILE}; it was not written by "
                 "pipeline.train.state.TrainingState.save"
             )
+        from apcnet.checkpoint import load_checkpoint
+
         loaded = load_checkpoint(path)
         self.model.load_state_dict(loaded.state_dict)
         if loaded.optimizer_state is not None:
@@ -110,6 +118,8 @@ def read_progress(checkpoint_file: str | Path) -> Progress:
     """The progress stored in a `checkpoint.pt` (local path or s3:// / gs:// URI), without
     building a model."""
     with storage.local_file(checkpoint_file) as path:
+        from apcnet.checkpoint import load_checkpoint
+
         return _progress(load_checkpoint(path).extra)
 
 

@@ -39,13 +39,10 @@ from pipeline.train.console import epoch_bar, placement_line
 from pipeline.train.hooks import LoopPosition
 from pipeline.train.model import DeviceFeatures, build_training_state, device_features
 from pipeline.train.process_group import TorchProcessGroupConfig, join_process_group
-from pipeline.train.settings import LoopSettings
+from pipeline.train.settings import COMPLETED_STATUS, NONFINITE_STATUS, LoopSettings
 from pipeline.train.state import TrainingState, checkpoint_folder_name
 from pipeline.train.step import batch_to_device, forward_loss, optimisation_step
 from pipeline.train.validation import validate
-
-COMPLETED_STATUS = "completed"
-NONFINITE_STATUS = "nonfinite_loss"
 
 
 @dataclass(frozen=True)
