@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,15 @@ def test_a_users_own_watcher_setting_wins(monkeypatch):
     monkeypatch.setenv(WATCHER, "1")
     startup.apply_local_instance_settings()
     assert os.environ[WATCHER] == "1"
+
+
+def test_the_training_job_imports_without_torch():
+    # torch costs the driver about 1.2 s before the first step; it needs it only after
+    # training (the picture) or to read a checkpoint.
+    import subprocess
+    import sys
+
+    job = Path(__file__).resolve().parents[1] / "jobs" / "train.py"
+    script = f"import sys, runpy\nrunpy.run_path({str(job)!r})\nprint('torch' in sys.modules)\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
+    assert result.stdout.decode().split()[-1] == "False"
