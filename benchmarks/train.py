@@ -287,15 +287,17 @@ def main() -> None:
             )
     if submit_latency is not None:
         fresh, running = submit_latency["fresh_cluster"], submit_latency["running_cluster"]
-        print("ray job submit -> first finished training step (s)")
-        print(f"  {'phase':<48} {'fresh cluster':>14} {'running cluster':>16}")
-        print(f"  {'total':<48} {fresh['total_s']:>14.1f} {running['total_s']:>16.1f}")
         rows = [("job_start", "job start (submit to the driver process)")]
         rows += [(mark, description) for mark, (_, description) in startup.PHASES.items()]
+        width = max(len(description) for _, description in rows)
+        print("ray job submit -> first finished training step (s)")
+        print(f"  {'phase':<{width}} {'fresh cluster':>14} {'running cluster':>16}")
+        print(f"  {'total':<{width}} {fresh['total_s']:>14.1f} {running['total_s']:>16.1f}")
         for mark, description in rows:
             if f"{mark}_s" in fresh:
                 print(
-                    f"  {description:<48} {fresh[f'{mark}_s']:>14.1f} {running[f'{mark}_s']:>16.1f}"
+                    f"  {description:<{width}} {fresh[f'{mark}_s']:>14.1f}"
+                    f" {running[f'{mark}_s']:>16.1f}"
                 )
     write_text_atomically(OUTPUT, json.dumps(results, indent=2) + "\n")
     print(f"wrote {OUTPUT}")
