@@ -279,8 +279,12 @@ def per_row_dataset(manifest: Manifest, config: AugmentationConfig, epoch: int):
 
 
 def measure_decoders(manifest: Manifest, repeats: int = 50) -> dict[str, float]:
-    """Milliseconds per decode: torchvision (used for JPEG) vs PIL, on one benchmark row."""
+    """Milliseconds per decode of one benchmark row's JPEG: `decode_image` (PIL below
+    TORCHVISION_JPEG_MIN_PIXELS, torchvision from there on) and each decoder alone."""
+    from torchvision import io as torchvision_io
+
     row = read_shard_rows(manifest.shard_uris("train")[0])[0]
+    encoded = torch.frombuffer(bytearray(row.image), dtype=torch.uint8)
 
     def timed(function) -> float:
         function()
@@ -290,7 +294,8 @@ def measure_decoders(manifest: Manifest, repeats: int = 50) -> dict[str, float]:
         return (time.perf_counter() - start) / repeats * 1e3
 
     return {
-        "decode_image (torchvision jpeg) ms": timed(lambda: decode_image(row.image)),
+        "decode_image ms": timed(lambda: decode_image(row.image)),
+        "torchvision jpeg ms": timed(lambda: torchvision_io.decode_jpeg(encoded)),
         "PIL jpeg ms": timed(lambda: np.asarray(Image.open(io.BytesIO(row.image)).convert("RGB"))),
         "decode_mask (PIL png) ms": timed(lambda: decode_mask(row.mask)),
     }

@@ -1,9 +1,11 @@
 """Paired augmentation: geometry keeps image and mask aligned, outputs have fixed shapes."""
 
 import io
+import sys
 
 import numpy as np
 import pytest
+from import_probe import modules_imported_by
 from PIL import Image
 
 from pipeline.data.transforms import (
@@ -181,6 +183,47 @@ def test_decode_image_returns_rgb_for_png_and_grayscale_jpeg():
     np.testing.assert_array_equal(decode_image(encode(image, "PNG")), image)
     grey = decode_image(encode(image[..., 0], "JPEG"))
     assert grey.shape == (*image.shape[:2], 3) and grey.dtype == np.uint8
+
+
+def _jpeg_of_pixels(pixels: int) -> bytes:
+    side = int(np.ceil(np.sqrt(pixels)))
+    gradient = np.linspace(0, 255, side, dtype=np.float32)
+    image = np.stack([*np.meshgrid(gradient, gradient[::-1]), np.full((side, side), 90.0)], -1)
+    buffer = io.BytesIO()
+    Image.fromarray(image.astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_large_jpegs_decode_through_torchvision_as_pil_decodes_them():
+    from pipeline.data.transforms import TORCHVISION_JPEG_MIN_PIXELS
+
+    data = _jpeg_of_pixels(TORCHVISION_JPEG_MIN_PIXELS)
+    decoded = decode_image(data)
+    assert "torchvision" in sys.modules
+    with Image.open(io.BytesIO(data)) as image:
+        by_pil = np.array(image.convert("RGB"))
+    assert decoded.shape == by_pil.shape and decoded.dtype == np.uint8
+    assert np.abs(decoded.astype(int) - by_pil).max() <= 1
+
+
+def test_decoding_smaller_jpegs_does_not_import_torchvision():
+    """Its import costs about 1.3 s of CPU in every decode process (it imports torch._dynamo)."""
+    program = (
+        "import io\n"
+        "import numpy as np\n"
+        "from PIL import Image\n"
+        "from pipeline.data.transforms import TORCHVISION_JPEG_MIN_PIXELS, decode_image\n"
+        "side = int((TORCHVISION_JPEG_MIN_PIXELS // 2) ** 0.5)\n"
+        "buffer = io.BytesIO()\n"
+        "Image.fromarray(np.full((side, side, 3), 90, np.uint8)).save(buffer, format='JPEG')\n"
+        "assert decode_image(buffer.getvalue()).shape == (side, side, 3)"
+    )
+    assert modules_imported_by(program, ["torchvision"]) == []
+
+
+def test_decode_image_names_bytes_that_are_no_image():
+    with pytest.raises(ValueError, match="decode_image: cannot decode 4 bytes"):
+        decode_image(b"\xff\xd8\xff\x00")
 
 
 def test_decode_mask_keeps_palette_indices():

@@ -34,28 +34,44 @@ from pipeline.config.augmentation import AugmentationConfig
 def decode_image(data: bytes) -> np.ndarray:
     """Decode image file bytes (JPEG, PNG, ...) to RGB: uint8 (H, W, 3).
 
-    JPEGs go through torchvision's libjpeg-turbo decoder (measured about 25 % faster than PIL
-    here, see benchmarks/ingest.py); everything else through PIL. Grayscale, palette and
-    alpha images are converted to RGB.
+    JPEGs of at least `TORCHVISION_JPEG_MIN_PIXELS` go through torchvision's libjpeg-turbo
+    decoder, everything else through PIL. Grayscale, palette and alpha images are converted
+    to RGB.
     """
     if not data:
         raise ValueError("decode_image: got empty bytes; the shard row has no image data")
-    if data[:3] == _JPEG_MAGIC:
-        try:
-            with warnings.catch_warnings():
-                # torchvision 0.29 marks its decoders deprecated; they still work and are faster.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                # bytearray copies the read-only bytes so torch gets a writable buffer.
-                import torch
-                from torchvision import io as torchvision_io
-
-                encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-                chw = torchvision_io.decode_jpeg(encoded, mode=torchvision_io.ImageReadMode.RGB)
-            return chw.permute(1, 2, 0).numpy()
-        except RuntimeError:
-            pass  # unusual JPEG flavours (e.g. CMYK): let PIL try
-    with _open_image(data, "image") as image:
+    with _open_image(data, "image", load=False) as image:
+        if image.format == "JPEG" and image.width * image.height >= TORCHVISION_JPEG_MIN_PIXELS:
+            decoded = _decode_jpeg_with_torchvision(data)
+            if decoded is not None:
+                return decoded
+        _load_pixels(image, data, "image")
         return np.array(image.convert("RGB"))  # a writable copy (torch warns on read-only)
+
+
+# torchvision decodes large JPEGs faster than PIL (1024x2048 on the 2-core machine: 11-14 ms
+# against 18-22 ms), but importing it costs about 1.3 s of CPU in every process that decodes:
+# torchvision's package import pulls in torch._dynamo. Below a megapixel the two are within
+# 0.4 ms an image (512x512: 1.5 against 1.8 ms; 64x64: 0.04 against 0.09 ms), too little to
+# pay the import back in a decode process's life (benchmarks/ingest.py prints both).
+TORCHVISION_JPEG_MIN_PIXELS = 1_000_000
+
+
+def _decode_jpeg_with_torchvision(data: bytes) -> np.ndarray | None:
+    """RGB uint8 (H, W, 3), or None for JPEG flavours torchvision does not read (e.g. CMYK)."""
+    try:
+        with warnings.catch_warnings():
+            # torchvision 0.29 marks its decoders deprecated; they still work and are faster.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import torch
+            from torchvision import io as torchvision_io
+
+            # bytearray copies the read-only bytes so torch gets a writable buffer.
+            encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            chw = torchvision_io.decode_jpeg(encoded, mode=torchvision_io.ImageReadMode.RGB)
+        return chw.permute(1, 2, 0).numpy()
+    except RuntimeError:
+        return None
 
 
 def decode_mask(data: bytes) -> np.ndarray:
@@ -75,16 +91,24 @@ def decode_mask(data: bytes) -> np.ndarray:
         return np.array(image)  # a writable copy (torch warns on read-only)
 
 
-_JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-def _open_image(data: bytes, what: str) -> Image.Image:
+def _open_image(data: bytes, what: str, load: bool = True) -> Image.Image:
+    """The image in `data`, its pixels decoded unless `load` is False (then only its header is
+    read); a ValueError naming `what` if PIL cannot read it."""
     try:
         image = Image.open(io.BytesIO(data))
-        image.load()
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"decode_{what}: cannot decode {len(data)} bytes: {error}") from error
+    if load:
+        _load_pixels(image, data, what)
     return image
+
+
+def _load_pixels(image: Image.Image, data: bytes, what: str) -> None:
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        image.close()
+        raise ValueError(f"decode_{what}: cannot decode {len(data)} bytes: {error}") from error
 
 
 # ---------------------------------------------------------------- geometry
