@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import ray
+from import_probe import modules_imported_by
 from ray.data import DataContext
 
 from pipeline.data.ingest import completed_passes
@@ -76,6 +77,20 @@ def test_train_registers_with_the_autoscaling_coordinator_the_driver_started(ray
         "Ray Train's controller no longer uses the autoscaling coordinator that "
         "pipeline.train.startup.start_autoscaling_coordinator starts (written against Ray "
         "2.60.0): recheck it for this Ray version, or drop it"
+    )
+
+
+def test_ray_data_uses_the_stats_actor_the_driver_started(ray_session):
+    from ray.data._internal.stats import DatasetStats
+
+    started = startup.start_data_stats_actor()
+    ray.get(started.__ray_ready__.remote(), timeout=60)
+    ray.data.range(4).materialize()
+    found_by_data = DatasetStats(metadata={}, parent=None).stats_actor
+    assert found_by_data._actor_id == started._actor_id, (
+        "Ray Data no longer uses the stats actor that pipeline.train.startup."
+        "start_data_stats_actor starts (written against Ray 2.60.0): recheck it for this Ray "
+        "version, or drop it"
     )
 
 
@@ -212,13 +227,5 @@ def test_the_workers_form_their_group_in_the_loop_and_the_controller_never_impor
 def test_what_the_driver_hands_the_workers_unpickles_without_torch():
     # Ray Train's controller unpickles the training function's config and the backend config
     # before it asks for the workers; importing torch there delays the whole start-up.
-    import subprocess
-    import sys
-
-    script = (
-        "import sys\n"
-        "import pipeline.train.entry, pipeline.train.process_group, pipeline.train.settings\n"
-        "print(sorted(name for name in ('torch', 'apcnet') if name in sys.modules))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
-    assert result.stdout.decode().strip() == "[]"
+    program = "import pipeline.train.entry, pipeline.train.process_group, pipeline.train.settings"
+    assert modules_imported_by(program, ["torch", "apcnet"]) == []
