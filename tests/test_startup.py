@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from import_probe import modules_imported_by
 
 from pipeline.train import startup
 from pipeline.train.connection import SUBMITTED_JOB_CONFIG_ENV, joins_a_cluster
@@ -44,10 +45,30 @@ def test_a_users_own_watcher_setting_wins(monkeypatch):
 def test_the_training_job_imports_without_torch():
     # torch costs the driver about 1.2 s before the first step; it needs it only after
     # training (the picture) or to read a checkpoint.
-    import subprocess
-    import sys
-
     job = Path(__file__).resolve().parents[1] / "jobs" / "train.py"
-    script = f"import sys, runpy\nrunpy.run_path({str(job)!r})\nprint('torch' in sys.modules)\n"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
-    assert result.stdout.decode().split()[-1] == "False"
+    assert modules_imported_by(f"import runpy\nrunpy.run_path({str(job)!r})", ["torch"]) == []
+
+
+def test_the_training_functions_background_import_hands_its_error_to_the_loop():
+    from pipeline.train.entry import import_in_background
+
+    assert import_in_background(("json", "csv")).result(timeout=60) is None
+    with pytest.raises(ModuleNotFoundError, match="no_such_module_here"):
+        import_in_background(("json", "no_such_module_here")).result(timeout=60)
+
+
+def test_torch_optim_still_imports_dynamo_at_its_first_step():
+    """entry.LOOP_MODULES imports torch._dynamo ahead because the first optimizer step would."""
+    from pipeline.train.entry import LOOP_MODULES
+
+    program = (
+        "import torch\n"
+        "weight = torch.nn.Parameter(torch.ones(2))\n"
+        "optimizer = torch.optim.AdamW([weight])\n"
+        "weight.sum().backward()\n"
+        "optimizer.step()"
+    )
+    assert modules_imported_by(program, ["torch._dynamo"]) == ["torch._dynamo"], (
+        "torch.optim no longer imports torch._dynamo: drop it from entry.LOOP_MODULES"
+    )
+    assert "torch._dynamo" in LOOP_MODULES
