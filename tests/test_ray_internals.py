@@ -80,20 +80,6 @@ def test_train_registers_with_the_autoscaling_coordinator_the_driver_started(ray
     )
 
 
-def test_ray_data_uses_the_stats_actor_the_driver_started(ray_session):
-    from ray.data._internal.stats import DatasetStats
-
-    started = startup.start_data_stats_actor()
-    ray.get(started.__ray_ready__.remote(), timeout=60)
-    ray.data.range(4).materialize()
-    found_by_data = DatasetStats(metadata={}, parent=None).stats_actor
-    assert found_by_data._actor_id == started._actor_id, (
-        "Ray Data no longer uses the stats actor that pipeline.train.startup."
-        "start_data_stats_actor starts (written against Ray 2.60.0): recheck it for this Ray "
-        "version, or drop it"
-    )
-
-
 RECHECK_TIMING = (
     "recheck pipeline.data.executor_timing (written against Ray 2.60.0) for this Ray version: "
     "without it Ray Data's CPUs idle between short decode tasks"

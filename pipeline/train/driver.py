@@ -162,7 +162,6 @@ def fit_run(
     marks = {"driver_process": process_started_unix_s, "ray_connected": startup.now()}
     startup.apply_ray_train_settings()
     startup.start_autoscaling_coordinator()
-    startup.start_data_stats_actor()
     storage = storage_root(config, storage_path)
     folder = run_folder(run_name, storage)
     data = data or load_training_data(config.data)

@@ -76,23 +76,6 @@ def start_autoscaling_coordinator() -> Any:
     return get_or_create_autoscaling_coordinator()
 
 
-def start_data_stats_actor() -> Any:
-    """Start Ray Data's stats actor now, without waiting for it to come up.
-
-    Like the autoscaling coordinator, a detached named actor, one per cluster, placed on the
-    node of whoever asks first. Left to Ray Data, the split coordinator asks for it as the first
-    epoch's execution starts, so on a fresh cluster its process start (1.5 s of CPU on the
-    2-core machine) competes with the first decode task and the model build, where both cores
-    are busy. Asked for by the driver, it starts while the driver plans the data set and one
-    core is idle; the split coordinator runs on the driver's node, so the actor lands on the same
-    node either way. Returns the actor's handle. Written against Ray 2.60.0;
-    tests/test_ray_internals.py checks that Ray Data finds the actor started here.
-    """
-    from ray.data._internal.stats import get_or_create_stats_actor
-
-    return get_or_create_stats_actor()
-
-
 def apply_ray_train_settings() -> None:
     """Set `RAY_TRAIN_SETTINGS` in this driver's environment unless already set; Ray Train
     forwards `RAY_TRAIN_*` variables to its controller and workers."""
