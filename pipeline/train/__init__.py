@@ -16,7 +16,8 @@ Public names:
 - `failures`: worker and node failures; `failure_config`, `NonFiniteLossError`,
   `WorkersNotPlacedError`.
 - `entry`: `train_loop_per_worker`, the function Ray Train runs on each worker: it asks for
-  the worker's shard and starts the first epoch's data before it imports torch.
+  the worker's shard and starts the first epoch's data while torch and the loop import on a
+  thread.
 - `worker`: the loop it then runs; `run_training`, `train_one_epoch`.
 - `settings`: what the driver hands every worker, in a module without torch (Ray Train's
   controller unpickles it too); `LoopSettings`, `RunDescription`.
