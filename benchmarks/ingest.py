@@ -37,7 +37,8 @@ from PIL import Image
 
 from pipeline.config.ingest import IngestOptions
 from pipeline.data.executor_timing import LIMITS_REFRESH_S, TASK_WAIT_S, apply_executor_timing
-from pipeline.data.ingest import SAMPLE_COLUMNS, read_shards, sample_seed, train_dataset
+from pipeline.data.ingest import SAMPLE_COLUMNS, sample_seed, train_dataset
+from pipeline.data.shard_source import read_shards
 from pipeline.data.shard_writer import ShardWriter, write_manifest
 from pipeline.data.shards import Manifest, ShardRow, load_manifest, read_shard_rows
 from pipeline.data.transforms import (
@@ -270,12 +271,7 @@ def per_row_dataset(manifest: Manifest, config: AugmentationConfig, epoch: int):
         )
         return {"image": image, "mask": mask}
 
-    rows = manifest.splits["train"].rows
-    return (
-        read_shards(manifest.shard_uris("train"), override_num_blocks=max(1, rows // 8))
-        .select_columns(SAMPLE_COLUMNS)
-        .map(augment_row)
-    )
+    return read_shards(manifest, "train", SAMPLE_COLUMNS, rows_per_block=8).map(augment_row)
 
 
 def measure_decoders(manifest: Manifest, repeats: int = 50) -> dict[str, float]:

@@ -11,11 +11,11 @@ import ray
 from import_probe import modules_imported_by
 from ray.data import DataContext
 
-from pipeline.data.ingest import completed_passes
+from pipeline.data.shard_source import completed_passes
 from pipeline.train import startup
 
 RECHECK_PASSES = (
-    "recheck pipeline.data.ingest.completed_passes (written against Ray 2.60.0) for this Ray "
+    "recheck pipeline.data.shard_source.completed_passes (written against Ray 2.60.0) for this Ray "
     "version: per-epoch augmentation depends on it"
 )
 

@@ -37,9 +37,10 @@ class IngestOptions:
     prefetch_batches: batches each training worker asks for ahead of the one it trains on.
     shuffle: how rows are reordered every epoch, always seeded from (seed, epoch):
         "rows": a full `random_shuffle` of the encoded rows (an all-to-all exchange);
-        "window": shard files in a new order, then each run of `shuffle_window` encoded rows
-            permuted before decoding (no exchange, so reading, decoding and augmenting fuse
-            into one task);
+        "window": the split read in runs of `shuffle_window` rows of one shard, the runs in a
+            new order and each run's rows permuted before decoding (no exchange, so reading,
+            decoding and augmenting fuse into one task); without `split_reads` a run is a
+            whole shard file;
         "files": only the order of shard files changes.
     shuffle_window: encoded rows permuted together in "window" mode (about 100 kB each for
         VOC-sized JPEGs, so 32 rows hold a few MB before decoding). With `split_reads` also the
@@ -48,9 +49,9 @@ class IngestOptions:
         alone) and bring the first block sooner (benchmarks/ingest.py: 0.80x and 0.82x of the
         DataLoader against 0.77x and 0.79x for 64 in the same runs).
     actors: run decode/augment on a pool of long-lived actors instead of tasks.
-    split_reads: ask the reader for one block per augment call (`override_num_blocks`).
-        Without it Ray Data bundles small shard files into a single block, which a single
-        task then decodes alone while the other CPUs idle (measured: the main ingest gap).
+    split_reads: read the shards in blocks of one augment call's rows, each its own task.
+        Without it a block is a whole shard file, which a single task then decodes alone
+        while the other CPUs idle (measured: the main ingest gap).
     """
 
     batch_size: int = 32
@@ -95,6 +96,6 @@ class IngestOptions:
         """Encoded rows handed to one augment call: a shuffle window or one output block."""
         return self.shuffle_window if self.shuffle == "window" else self.batch_size
 
-    def read_blocks(self, rows: int, rows_per_block: int) -> int | None:
-        """`override_num_blocks` for a split of `rows` rows (None: Ray Data decides)."""
-        return max(1, -(-rows // rows_per_block)) if self.split_reads else None
+    def rows_per_read_block(self, rows_per_call: int) -> int | None:
+        """Rows of one read block for calls of `rows_per_call` rows (None: whole shards)."""
+        return rows_per_call if self.split_reads else None

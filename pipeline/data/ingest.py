@@ -10,20 +10,20 @@ Randomness, and the guarantee given:
   depend on which task, batch or worker it lands in.
 - The epoch is `first_epoch + k` where k counts the completed passes of this Dataset object
   (Ray Data's execution index, the counter behind its own `RandomSeedConfig(...,
-  reseed_after_execution=True)`; see `completed_passes`). Ray Train re-executes the pipeline
-  once per epoch, so each epoch gets fresh augmentation, reproducible from the seed. Pass
-  `epoch=` to pin it instead (a dataset built per epoch by the caller, or a test). After a
-  resume, build the dataset with `first_epoch=<epoch to resume at>`.
-- Row order (default `IngestOptions.shuffle="window"`): every pass reads the shard files in
-  a new order, seeded from (seed, first_epoch) and the execution index, and permutes each
-  window of `shuffle_window` consecutive encoded rows with a generator seeded from (seed,
-  epoch, the window's first sample id). Random across epochs and reproducible from the seed
-  up to Ray's parallel task completion order (exact order needs
-  `DataContext.execution_options.preserve_order`). This is a windowed shuffle, not a
-  uniform one: rows of one shard stay within about `shuffle_window` rows of each other
-  before they reach the trainer, so shards should not be sorted by class (converters write
-  them in data set order), and a consumer may add `iter_torch_batches(...,
-  local_shuffle_buffer_size=..., local_shuffle_seed=epoch)` to mix further.
+  reseed_after_execution=True)`; see `shard_source.completed_passes`). Ray Train re-executes
+  the pipeline once per epoch, so each epoch gets fresh augmentation, reproducible from the
+  seed. Pass `epoch=` to pin it instead (a dataset built per epoch by the caller, or a test).
+  After a resume, build the dataset with `first_epoch=<epoch to resume at>`.
+- Row order (default `IngestOptions.shuffle="window"`): the split is read in windows of
+  `shuffle_window` consecutive rows of one shard; every pass reads the windows in a new order,
+  seeded from (seed, first_epoch) and the execution index (`shard_source.ordered_blocks`), and
+  permutes each window's rows with a generator seeded from (seed, epoch, the window's first
+  sample id). Random across epochs and reproducible from the seed up to Ray's parallel task
+  completion order (exact order needs `DataContext.execution_options.preserve_order`). This is
+  a windowed shuffle, not a uniform one: the rows of a window stay together, so shards should
+  not be sorted by class (converters write them in data set order), and a consumer may add
+  `iter_torch_batches(..., local_shuffle_buffer_size=..., local_shuffle_seed=epoch)` to mix
+  further.
   `shuffle="rows"` restores a full `random_shuffle` of the encoded rows: an all-to-all
   exchange whose memory grows with the data set. On 200 VOC-sized images and 2 CPUs both
   ran at about 0.45x of a 2-worker DataLoader when the machine was quiet; under load the
@@ -50,6 +50,7 @@ from pipeline.config.augmentation import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.config.ingest import IngestOptions
 from pipeline.config.schema import DataSection
 from pipeline.data.executor_timing import apply_executor_timing
+from pipeline.data.shard_source import completed_passes, read_shards
 from pipeline.data.shards import Manifest
 from pipeline.data.transforms import (
     AugmentationConfig,
@@ -76,24 +77,6 @@ def sample_seed(seed: int, epoch: int, sample_id: str) -> list[int]:
     return [seed, epoch, int.from_bytes(digest, "little")]
 
 
-# Checked against Ray 2.60.0. Ray Data has no public "which pass is this" call. Its random ops
-# vary per execution through `RandomSeedConfig(reseed_after_execution=True)` (DeveloperAPI,
-# exported as `ray.data.RandomSeedConfig`), whose `get_seed_tuple(data_context=...)` returns the
-# context's execution index as `.execution_idx`. That relies on: Ray Data installing the
-# executing dataset's DataContext as the current one inside each task, and raising its
-# execution index by one after every successful execution (ExecutionIdxUpdateCallback).
-# tests/test_ray_internals.py fails, naming this function, when either stops holding.
-_PASS_COUNTER = RandomSeedConfig(seed=0, reseed_after_execution=True)
-
-
-def completed_passes(context: DataContext) -> int:
-    """How many times the dataset running under `context` was executed before (0, 1, ...).
-
-    Inside a Ray Data task pass `DataContext.get_current()`: the executing dataset's context.
-    """
-    return int(_PASS_COUNTER.get_seed_tuple(data_context=context).execution_idx)
-
-
 @dataclass(frozen=True)
 class _AugmentBatch:
     """map_batches callable: encoded rows -> blocks of image uint8 (B, H, W, 3), mask uint8
@@ -114,8 +97,8 @@ class _AugmentBatch:
         count = len(batch["id"])
         order = np.arange(count)
         if self.shuffle_window and count > 1:
-            # The window's content is fixed by the (seeded) file order, so seeding from its
-            # first row makes the permutation reproducible without any shared state.
+            # A window is a fixed run of one shard's rows, so seeding from its first row makes
+            # the permutation reproducible without any shared state.
             window_seed = sample_seed(self.seed, epoch, f"window:{batch['id'][0]}")
             order = np.random.default_rng(window_seed).permutation(count)
         for start in range(0, count, self.batch_size):
@@ -178,10 +161,13 @@ def train_dataset(
     shuffle_seed = _shuffle_seed(seed, first_epoch)
     reseeded = RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True)
     dataset = read_shards(
-        manifest.shard_uris(split),
-        shuffle=ray.data.FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True),
-        override_num_blocks=ingest.read_blocks(manifest.splits[split].rows, ingest.rows_per_call),
-    ).select_columns(SAMPLE_COLUMNS)
+        manifest,
+        split,
+        SAMPLE_COLUMNS,
+        rows_per_block=ingest.rows_per_read_block(ingest.rows_per_call),
+        order="blocks" if ingest.shuffle == "window" else "files",
+        seed=shuffle_seed,
+    )
     if ingest.shuffle == "rows":
         dataset = dataset.random_shuffle(seed=reseeded)
     augment = _AugmentBatch(
@@ -271,9 +257,11 @@ def eval_dataset(
     if len(mean) != 3 or len(std) != 3:
         raise ValueError(f"eval_dataset: mean and std need 3 RGB values, got {mean}, {std}")
     dataset = read_shards(
-        manifest.shard_uris(split),
-        override_num_blocks=ingest.read_blocks(manifest.splits[split].rows, ingest.batch_size),
-    ).select_columns(SAMPLE_COLUMNS)
+        manifest,
+        split,
+        SAMPLE_COLUMNS,
+        rows_per_block=ingest.rows_per_read_block(ingest.batch_size),
+    )
     return dataset.map_batches(
         _NormalizeBatch(tuple(mean), tuple(std), keep_uint8),
         batch_size=ingest.batch_size,
@@ -282,26 +270,6 @@ def eval_dataset(
         compute=ray.data.TaskPoolStrategy(size=ingest.concurrency),
         zero_copy_batch=True,
     )
-
-
-def read_shards(uris: Sequence[str], **options: Any) -> ray.data.Dataset:
-    """`ray.data.read_parquet(uris, **options)` through Ray Data's V1 Parquet reader.
-
-    Ray 2.60's default reader (`DataContext.use_datasource_v2`) lists the files through a
-    pool of up to 32 FooterReader actors that it starts anew for every execution, i.e. every
-    epoch and every validation pass, each a new Python process. A shard set is tens of files,
-    whose footers V1 reads in a task on an already running worker. On the 2-core machine the
-    console test's training job started 15 Ray worker processes instead of 26, and took 39 s
-    instead of 48 s (first batch 5.8 s instead of 8.9 s). The choice is made while the plan is
-    built, so the process's context is left as it was.
-    """
-    context = DataContext.get_current()
-    saved = context.use_datasource_v2
-    context.use_datasource_v2 = False
-    try:
-        return ray.data.read_parquet(list(uris), **options)
-    finally:
-        context.use_datasource_v2 = saved
 
 
 def training_datasets(

@@ -156,12 +156,11 @@ def input_dataset(request: PredictionRequest):
         paths = [str(path.resolve()) for path in list_images(location)]
         files = ray.data.read_binary_files(paths, include_paths=True)
         return files.map_batches(_name_from_path, batch_format="numpy")
-    from pipeline.data.ingest import read_shards
+    from pipeline.data.shard_source import read_shards
     from pipeline.data.shards import load_manifest
 
     manifest = load_manifest(request.input)
-    shards = read_shards(manifest.shard_uris(request.split))
-    shards = shards.select_columns(["id", "image"])
+    shards = read_shards(manifest, request.split, ["id", "image"])
     return shards.map_batches(_name_from_id, batch_format="numpy")
 
 
