@@ -47,6 +47,7 @@ from pipeline.data.transforms import (
     decode_image,
     decode_mask,
     normalize,
+    rescale,
 )
 from pipeline.storage import write_text_atomically
 from pipeline.train.step import batch_to_device
@@ -275,12 +276,17 @@ def per_row_dataset(manifest: Manifest, config: AugmentationConfig, epoch: int):
 
 
 def measure_decoders(manifest: Manifest, repeats: int = 50) -> dict[str, float]:
-    """Milliseconds per decode of one benchmark row's JPEG: `decode_image` (PIL below
-    TORCHVISION_JPEG_MIN_PIXELS, torchvision from there on) and each decoder alone."""
+    """Milliseconds per decode of one benchmark row's JPEG: `decode_image` (OpenCV) against
+    torchvision and PIL, and per resize of it to 1.5x its size: `rescale` (OpenCV, the mask
+    by nearest source pixel) against torch's bilinear `interpolate`, threads as in a task."""
+    import torch.nn.functional as F
     from torchvision import io as torchvision_io
 
     row = read_shard_rows(manifest.shard_uris("train")[0])[0]
     encoded = torch.frombuffer(bytearray(row.image), dtype=torch.uint8)
+    image, mask = decode_image(row.image), decode_mask(row.mask)
+    size = (image.shape[0] * 3 // 2, image.shape[1] * 3 // 2)
+    chw = torch.from_numpy(image).permute(2, 0, 1)[None]
 
     def timed(function) -> float:
         function()
@@ -289,12 +295,23 @@ def measure_decoders(manifest: Manifest, repeats: int = 50) -> dict[str, float]:
             function()
         return (time.perf_counter() - start) / repeats * 1e3
 
-    return {
-        "decode_image ms": timed(lambda: decode_image(row.image)),
-        "torchvision jpeg ms": timed(lambda: torchvision_io.decode_jpeg(encoded)),
-        "PIL jpeg ms": timed(lambda: np.asarray(Image.open(io.BytesIO(row.image)).convert("RGB"))),
-        "decode_mask (PIL png) ms": timed(lambda: decode_mask(row.mask)),
-    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a Ray Data task holding one CPU
+    try:
+        return {
+            "decode_image ms": timed(lambda: decode_image(row.image)),
+            "torchvision jpeg ms": timed(lambda: torchvision_io.decode_jpeg(encoded)),
+            "PIL jpeg ms": timed(
+                lambda: np.asarray(Image.open(io.BytesIO(row.image)).convert("RGB"))
+            ),
+            "decode_mask (PIL png) ms": timed(lambda: decode_mask(row.mask)),
+            "rescale x1.5 ms": timed(lambda: rescale(image, mask, size)),
+            "torch bilinear x1.5 ms": timed(
+                lambda: F.interpolate(chw, size=size, mode="bilinear", align_corners=False)
+            ),
+        }
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,6 @@
 """Paired augmentation: geometry keeps image and mask aligned, outputs have fixed shapes."""
 
 import io
-import sys
 
 import numpy as np
 import pytest
@@ -194,31 +193,57 @@ def _jpeg_of_pixels(pixels: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_large_jpegs_decode_through_torchvision_as_pil_decodes_them():
-    from pipeline.data.transforms import TORCHVISION_JPEG_MIN_PIXELS
-
-    data = _jpeg_of_pixels(TORCHVISION_JPEG_MIN_PIXELS)
-    decoded = decode_image(data)
-    assert "torchvision" in sys.modules
+def _decoded_by_pil(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
-        by_pil = np.array(image.convert("RGB"))
+        return np.array(image.convert("RGB"))
+
+
+@pytest.mark.parametrize("pixels", [64 * 64, 1_000_000])
+def test_jpegs_decode_to_the_pixels_pil_decodes(pixels):
+    data = _jpeg_of_pixels(pixels)
+    decoded = decode_image(data)
+    by_pil = _decoded_by_pil(data)
     assert decoded.shape == by_pil.shape and decoded.dtype == np.uint8
     assert np.abs(decoded.astype(int) - by_pil).max() <= 1
 
 
-def test_decoding_smaller_jpegs_does_not_import_torchvision():
-    """Its import costs about 1.3 s of CPU in every decode process (it imports torch._dynamo)."""
+def test_a_cmyk_jpeg_decodes_to_the_rgb_pil_gives():
+    image, _ = colour_coded_sample()
+    buffer = io.BytesIO()
+    Image.fromarray(image).convert("CMYK").save(buffer, format="JPEG", quality=95)
+    np.testing.assert_array_equal(
+        decode_image(buffer.getvalue()), _decoded_by_pil(buffer.getvalue())
+    )
+
+
+def test_rescaled_images_are_within_one_of_torch_bilinear_interpolation():
+    import torch
+    import torch.nn.functional as F
+
+    image = np.random.default_rng(0).integers(0, 256, size=(75, 100, 3), dtype=np.uint8)
+    mask = np.zeros(image.shape[:2], dtype=np.uint8)
+    for size in [(40, 53), (150, 200), (97, 131)]:
+        resized, _ = rescale(image, mask, size)
+        chw = torch.from_numpy(image).permute(2, 0, 1)[None]
+        by_torch = F.interpolate(chw, size=size, mode="bilinear", align_corners=False)
+        assert np.abs(resized.astype(int) - by_torch[0].permute(1, 2, 0).numpy()).max() <= 1
+
+
+def test_decoding_and_augmenting_a_sample_does_not_import_torch():
+    """torch costs about 1.5 s of CPU to import in every Ray Data decode process."""
     program = (
         "import io\n"
         "import numpy as np\n"
         "from PIL import Image\n"
-        "from pipeline.data.transforms import TORCHVISION_JPEG_MIN_PIXELS, decode_image\n"
-        "side = int((TORCHVISION_JPEG_MIN_PIXELS // 2) ** 0.5)\n"
+        "from pipeline.data.transforms import AugmentationConfig, augment_sample, decode_image\n"
         "buffer = io.BytesIO()\n"
-        "Image.fromarray(np.full((side, side, 3), 90, np.uint8)).save(buffer, format='JPEG')\n"
-        "assert decode_image(buffer.getvalue()).shape == (side, side, 3)"
+        "Image.fromarray(np.full((90, 120, 3), 90, np.uint8)).save(buffer, format='JPEG')\n"
+        "image = decode_image(buffer.getvalue())\n"
+        "config = AugmentationConfig(crop_size=(64, 64), scale_range=(0.5, 2.0))\n"
+        "mask = np.zeros(image.shape[:2], np.uint8)\n"
+        "augment_sample(image, mask, config, np.random.default_rng(0))"
     )
-    assert modules_imported_by(program, ["torchvision"]) == []
+    assert modules_imported_by(program, ["torch", "torchvision"]) == []
 
 
 def test_decode_image_names_bytes_that_are_no_image():
