@@ -72,3 +72,41 @@ def test_torch_optim_still_imports_dynamo_at_its_first_step():
         "torch.optim no longer imports torch._dynamo: drop it from entry.LOOP_MODULES"
     )
     assert "torch._dynamo" in LOOP_MODULES
+
+
+class _RecordingRun:
+    def __init__(self) -> None:
+        self.logged: list[tuple[int, dict[str, float]]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.logged.append((step, metrics))
+
+
+def test_rank_zero_opens_its_mlflow_run_only_once_asked_after_the_first_step():
+    import threading
+
+    from pipeline.train.worker import _OpeningTracker
+
+    opened, run = threading.Event(), _RecordingRun()
+
+    def open_run() -> _RecordingRun:
+        opened.set()
+        return run
+
+    tracker = _OpeningTracker(open_run)
+    assert not opened.wait(0.2), "the MLflow run was opened before the loop asked"
+    tracker.start_opening()
+    tracker.start_opening()
+    assert opened.wait(10)
+    tracker.log_metrics({"train_loss": 1.0}, step=1)
+    assert run.logged == [(1, {"train_loss": 1.0})]
+
+
+def test_logging_opens_the_run_when_no_step_was_taken_and_raises_its_error():
+    from pipeline.train.worker import _OpeningTracker
+
+    def unreachable() -> _RecordingRun:
+        raise ConnectionError("no tracking server at http://127.0.0.1:1")
+
+    with pytest.raises(ConnectionError, match="no tracking server"):
+        _OpeningTracker(unreachable).log_metrics({"nonfinite_loss": 1}, step=1)

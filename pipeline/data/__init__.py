@@ -6,8 +6,10 @@ Public names:
 - `shards`: the format and reading it; `Manifest`, `ShardRow`, `SHARD_SCHEMA`, `load_manifest`,
   `read_shard_rows`, `manifest_digest`, `DatasetError`.
 - `shard_writer`: `ShardWriter`, `prepare_output`, `write_manifest` (the manifest last).
-- `transforms`: paired image/mask augmentation in numpy; `decode_image`, `decode_mask`,
-  `augment_sample` (uint8 out), `normalize`, `mean_colour`.
+- `shard_source`: Ray Data's reader of a split's shards, planned from the manifest alone, its
+  blocks in a seeded order per pass; `read_shards`, `completed_passes`.
+- `transforms`: paired image/mask augmentation in numpy and OpenCV (no torch); `decode_image`,
+  `decode_mask`, `augment_sample` (uint8 out), `normalize`, `mean_colour`.
 - `ingest`: Ray Data datasets for Ray Train; `training_datasets`, `train_dataset`,
   `eval_dataset`, `data_config`.
 - `executor_timing`: Ray Data's executor reads the cluster's resources every 0.1 s and looks at its

@@ -115,7 +115,14 @@ def run_training(
 
     for epoch in range(state.progress.epoch + 1, settings.total_epochs + 1):
         result = train_one_epoch(
-            model, state, train_shard, settings, worker, epoch, batches=first_batches
+            model,
+            state,
+            train_shard,
+            settings,
+            worker,
+            epoch,
+            batches=first_batches,
+            after_first_step=tracker.start_opening if tracker is not None else None,
         )
         first_batches = None
         if result.nonfinite_at_iteration is not None:
@@ -152,10 +159,12 @@ def train_one_epoch(
     worker: Worker,
     epoch: int,
     batches: Iterable[Any] | None = None,
+    after_first_step: Callable[[], None] | None = None,
 ) -> EpochResult:
     """Train over this worker's batches of one epoch (`batches`, default the epoch's
     `epoch_batches` of `train_shard`); losses are averaged over workers every step. `model` is
-    `state.model`, wrapped in DDP when there are several workers."""
+    `state.model`, wrapped in DDP when there are several workers. `after_first_step` is called
+    once the epoch's first optimisation step is done."""
     config = settings.config
     features = worker.features
     started = time.perf_counter()
@@ -189,7 +198,10 @@ def train_one_epoch(
                 math.nan, 0, iterations, 0.0, batches.wait_s, None, first_step, iteration
             )
         optimisation_step(state, loss, config.optimization.grad_clip_norm)
-        first_step = first_step or time.time()
+        if first_step is None:
+            first_step = time.time()
+            if after_first_step is not None:
+                after_first_step()
         loss_sum += global_loss
         iterations += 1
         images_seen += images.shape[0]
@@ -299,7 +311,7 @@ def _node_of_each_rank(worker: Worker) -> list[str]:
 
 
 def _open_tracker(settings: LoopSettings, worker: Worker, nodes: list[str]) -> Any:
-    """Rank 0 says where the workers run and starts opening the MLflow run (None elsewhere)."""
+    """Rank 0 says where the workers run and gets its MLflow run, to be opened (None elsewhere)."""
     if worker.rank != 0:
         return None
     placement = ",".join(f"{rank}:{node}" for rank, node in enumerate(nodes))
@@ -324,23 +336,33 @@ def _open_tracker(settings: LoopSettings, worker: Worker, nodes: list[str]) -> A
 
 
 class _OpeningTracker:
-    """An MLflow run being opened on a background thread. Importing MLflow and finding the run
-    take rank 0 about 1.5 s of CPU, which would delay every rank's first step (DDP waits for
-    rank 0); beside the model build and the first batch they cost little. The driver opened
-    the same run before training, so its address is known to work. `log_metrics` waits for
-    the opening and raises what it raised."""
+    """An MLflow run opened on a background thread once the training has started. Importing
+    MLflow and finding the run take rank 0 about 1.5 s of CPU; beside the model build they
+    would delay every rank's first step (DDP waits for rank 0), so the loop calls
+    `start_opening` after its first optimisation step. The driver opened the same run before
+    training, so its address is known to work. `log_metrics` waits for the opening (starting
+    it if the loop did not) and raises what it raised."""
 
     def __init__(self, open_run: Callable[[], Any]) -> None:
+        self._open_run = open_run
         self._opened: Future[Any] = Future()
-        threading.Thread(target=self._open, args=(open_run,), daemon=True).start()
+        self._starting = threading.Lock()
+        self._thread: threading.Thread | None = None
 
-    def _open(self, open_run: Callable[[], Any]) -> None:
+    def start_opening(self) -> None:
+        with self._starting:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._open, daemon=True)
+                self._thread.start()
+
+    def _open(self) -> None:
         try:
-            self._opened.set_result(open_run())
+            self._opened.set_result(self._open_run())
         except BaseException as error:  # handed to the thread that logs
             self._opened.set_exception(error)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.start_opening()
         self._opened.result().log_metrics(metrics, step=step)
 
 
