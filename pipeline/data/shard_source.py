@@ -8,7 +8,8 @@ driver waited about 1.3 s for that task's new worker process), its V2 reader sta
 footer-reading actors for every execution (every epoch and validation pass).
 
 A read is cut into blocks of `rows_per_block` consecutive rows of one shard (or whole shards);
-each read task reads its blocks' row groups and yields one Arrow table per block. The order
+each read task reads its blocks' row groups and yields one Arrow table per block (object
+stores through `pipeline.storage`, whose S3 client retries transient errors). The order
 of blocks can change with every pass over the Dataset (`ReadOrder`), seeded, so that
 training sees its data in a new, reproducible order each epoch.
 """
