@@ -45,8 +45,9 @@ def decode_image(data: bytes) -> np.ndarray:
         raise ValueError("decode_image: got empty bytes; the shard row has no image data")
     with _open_image(data, "image", load=False) as image:
         if image.format == "JPEG" and image.mode in ("RGB", "L"):
-            flags = _opencv().IMREAD_COLOR_RGB | _opencv().IMREAD_IGNORE_ORIENTATION
-            decoded = _opencv().imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+            cv2 = _opencv()
+            flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+            decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
             if decoded is not None:
                 return decoded
         # Other JPEG flavours (CMYK) and a JPEG OpenCV cannot read: PIL, whose error names it.
@@ -127,8 +128,9 @@ def rescale(
     if image.shape[:2] == tuple(size):
         return image, mask
     height, width = size
-    resized_image = _opencv().resize(
-        np.ascontiguousarray(image), (width, height), interpolation=_opencv().INTER_LINEAR
+    cv2 = _opencv()
+    resized_image = cv2.resize(
+        np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_LINEAR
     )
     rows = _nearest_source_indices(mask.shape[0], height)
     columns = _nearest_source_indices(mask.shape[1], width)
@@ -136,8 +138,9 @@ def rescale(
 
 
 def _nearest_source_indices(source: int, target: int) -> np.ndarray:
-    """For each of `target` pixels, the source pixel whose centre is nearest to its centre
-    (torch's "nearest-exact", computed exactly): the pixel the bilinear image samples at."""
+    """For each of `target` pixels, the source pixel whose centre is nearest to its centre:
+    the pixel the bilinear image samples at (torch's "nearest-exact" rule; torch rounds the
+    position through float32, which for a few sizes picks the neighbouring pixel)."""
     centres = (np.arange(target) + 0.5) * (source / target)
     return np.minimum(centres.astype(np.int64), source - 1)
 
