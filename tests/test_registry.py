@@ -5,6 +5,8 @@ the run's Models column); and the registration mistakes a user can make, one lin
 MLflow on SQLite under the test's folder; the run is written without Ray
 (`registry_helpers.finished_run`); only the evaluation of the registered model starts Ray."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -27,7 +29,12 @@ from pipeline.evaluate.registry import (
     load_registered_model,
     model_version_location,
 )
-from pipeline.evaluate.served_model import ImageInputError, checked_images, image_batch
+from pipeline.evaluate.served_model import (
+    ImageInputError,
+    checked_images,
+    code_files,
+    image_batch,
+)
 from pipeline.evaluate.testtime import TestTimeOptions, predict_label_map
 from pipeline.tracking.conventions import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 from pipeline.tracking.tags import (
@@ -107,6 +114,49 @@ def test_the_model_carries_signature_input_example_pinned_requirements_and_check
     assert all("==" in requirement for requirement in requirements)
     stored = model_folder / "artifacts" / Path(run.checkpoint).name
     assert stored.read_bytes() == Path(run.checkpoint).read_bytes()
+
+
+def test_the_model_code_is_what_the_served_model_imports_not_the_training_loop_or_search(
+    model_folder,
+):
+    code = model_folder / "code"
+    shipped = sorted(path.relative_to(code) for path in code.rglob("*.py"))
+    assert shipped == code_files()
+    assert Path("pipeline/evaluate/served_model.py") in shipped
+    not_served = ["pipeline/tune", "pipeline/tracking", "pipeline/evaluate/registry.py"]
+    not_served += [f"pipeline/train/{name}.py" for name in ("driver", "worker", "step")]
+    assert not [path for path in not_served if (code / path).exists()]
+
+
+# Loads the model in a fresh process from a folder outside the repository, predicts once, and
+# prints the file of every project module then imported.
+LOAD_AND_LIST_MODULES = """
+import sys
+import mlflow.pyfunc
+import numpy as np
+model = mlflow.pyfunc.load_model(sys.argv[1])
+model.predict(np.zeros((1, 8, 8, 3), dtype=np.uint8))
+for name, module in sorted(sys.modules.items()):
+    if name.partition(".")[0] in ("apcnet", "pipeline"):
+        print("module", module.__file__)
+"""
+
+
+def test_the_served_model_imports_every_project_module_from_its_own_code(model_folder, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_LIST_MODULES, str(model_folder)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    files = [Path(line.removeprefix("module ")).resolve() for line in lines if "module " in line]
+    code = (model_folder / "code").resolve()
+    assert code / "pipeline" / "evaluate" / "served_model.py" in files
+    outside = [file for file in files if not file.is_relative_to(code)]
+    assert not outside, outside
 
 
 def test_the_training_run_shows_the_model_in_its_models_column(run, registered):

@@ -1,12 +1,16 @@
-"""MLflow tracking against real stores: a SQLite file under tmp_path, and one test via a server."""
+"""MLflow tracking against real stores: a SQLite file under tmp_path, and `mlflow server` for
+the tests of a tracking server."""
 
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,17 +18,17 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import requests
 from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
 from pipeline.tracking.provenance import git_commit
 from pipeline.tracking.retry import (
-    HTTP_CLIENT_DEFAULTS,
+    DEFAULT_POLICY,
+    HTTP_SETTINGS,
     RetryPolicy,
     TrackingUnavailableError,
     call_with_retry,
+    http_request_bound_s,
     tracking_client,
 )
 from pipeline.tracking.runs import (
@@ -311,69 +315,18 @@ def test_small_floats_keep_three_significant_digits_in_a_text_table():
 
 
 # ------------------------------------------------------------------------------------------
-# The retry policy
+# Waiting out a store that does not answer
 
-
-QUICK_POLICY = RetryPolicy(budget_s=0.3, first_delay_s=0.01, max_delay_s=0.05)
-
-
-class FlakyCall:
-    """Fails with `error` the first `failures` times, then returns "done"."""
-
-    def __init__(self, error: Exception, failures: int) -> None:
-        self.error = error
-        self.failures = failures
-        self.calls = 0
-
-    def __call__(self) -> str:
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise self.error
-        return "done"
-
-
-def connection_refused() -> MlflowException:
-    """What MLflow raises when nothing listens: a plain MlflowException over requests' error."""
-    try:
-        raise requests.exceptions.ConnectionError("Connection refused")
-    except requests.exceptions.ConnectionError:
-        try:
-            raise MlflowException("API request to http://127.0.0.1:9/api failed")
-        except MlflowException as wrapped:
-            return wrapped
-
-
-def test_a_transient_error_is_retried_until_the_call_succeeds():
-    call = FlakyCall(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE), failures=2)
-    assert call_with_retry(call, "http://tracker:5000", QUICK_POLICY) == "done"
-    assert call.calls == 3
-
-
-def test_a_refused_connection_wrapped_by_mlflow_is_retried():
-    call = FlakyCall(connection_refused(), failures=1)
-    assert call_with_retry(call, "http://tracker:5000", QUICK_POLICY) == "done"
-
-
-def test_an_error_that_waiting_cannot_clear_is_raised_at_once():
-    call = FlakyCall(MlflowException("bad", error_code=INVALID_PARAMETER_VALUE), failures=5)
-    with pytest.raises(MlflowException, match="bad"):
-        call_with_retry(call, "http://tracker:5000", QUICK_POLICY)
-    assert call.calls == 1
-
-
-def test_a_store_that_stays_unavailable_raises_once_the_budget_is_spent():
-    call = FlakyCall(connection_refused(), failures=1000)
-    started = time.monotonic()
-    with pytest.raises(TrackingUnavailableError, match=r"http://tracker:5000.*running"):
-        call_with_retry(call, "http://tracker:5000", QUICK_POLICY)
-    assert QUICK_POLICY.budget_s <= time.monotonic() - started < QUICK_POLICY.budget_s + 5
-    assert call.calls > 2
+# How long the tests below keep a SQLite store locked: longer than the 20 s SQLite itself waits
+# for a lock in MLflow's store, so that only the retry policy can wait it out.
+LOCK_HELD_S = 25.0
 
 
 @pytest.fixture
-def http_settings_restored() -> Iterator[None]:
-    """`tracking_client` sets MLflow's HTTP settings process-wide: put them back afterwards."""
-    saved = {name: os.environ.get(name) for name in HTTP_CLIENT_DEFAULTS}
+def mlflow_http_settings_unset() -> Iterator[None]:
+    """MLflow's HTTP settings unset, as for a user who never set them; put back afterwards
+    (`tracking_client` sets them process-wide)."""
+    saved = {name: os.environ.pop(name, None) for name in HTTP_SETTINGS}
     yield
     for name, value in saved.items():
         if value is None:
@@ -382,33 +335,89 @@ def http_settings_restored() -> Iterator[None]:
             os.environ[name] = value
 
 
-@pytest.mark.usefixtures("http_settings_restored")
-def test_a_client_for_a_server_turns_mlflows_own_retries_off_unless_the_user_set_them():
-    for name in HTTP_CLIENT_DEFAULTS:
-        os.environ.pop(name, None)
+@contextlib.contextmanager
+def sqlite_locked(store: str) -> Iterator[sqlite3.Connection]:
+    """The store's database held in an exclusive transaction by another connection, as by a
+    writer in another process; the lock ends with the block, or when the connection rolls back."""
+    connection = sqlite3.connect(
+        store.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+    )
+    try:
+        connection.execute("BEGIN EXCLUSIVE")
+        yield connection
+    finally:
+        connection.close()
+
+
+@pytest.mark.usefixtures("mlflow_http_settings_unset")
+def test_one_request_with_mlflows_own_retries_fits_in_the_default_budget():
+    tracking_client("http://tracker:5000")
+    assert {name: os.environ[name] for name in HTTP_SETTINGS} == HTTP_SETTINGS
+    assert http_request_bound_s() <= DEFAULT_POLICY.budget_s
+
+
+@pytest.mark.usefixtures("mlflow_http_settings_unset")
+def test_a_client_for_a_server_keeps_the_mlflow_http_settings_the_user_set():
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "45"
     tracking_client("http://tracker:5000")
-    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "45"
 
 
-@pytest.mark.usefixtures("http_settings_restored")
+@pytest.mark.usefixtures("mlflow_http_settings_unset")
 def test_a_client_for_a_sqlite_store_leaves_mlflows_http_settings_alone(store):
-    for name in HTTP_CLIENT_DEFAULTS:
-        os.environ.pop(name, None)
     tracking_client(store)
-    assert not any(name in os.environ for name in HTTP_CLIENT_DEFAULTS)
+    assert not any(name in os.environ for name in HTTP_SETTINGS)
 
 
-@pytest.mark.usefixtures("http_settings_restored")
-def test_an_unreachable_tracking_server_fails_within_40_s_naming_its_uri():
-    for name in HTTP_CLIENT_DEFAULTS:
-        os.environ.pop(name, None)
+@pytest.mark.usefixtures("mlflow_http_settings_unset")
+def test_an_unreachable_tracking_server_raises_one_error_naming_it_within_the_default_budget():
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
-    with pytest.raises(TrackingUnavailableError, match=re.escape(url)):
+    with pytest.raises(TrackingUnavailableError, match=re.escape(f"curl {url}/health")):
         RunTracker.open("nowhere", tracking_uri=url, experiment="tests")
-    assert time.monotonic() - started < 40
+    assert time.monotonic() - started <= DEFAULT_POLICY.budget_s
+
+
+@pytest.mark.usefixtures("mlflow_http_settings_unset")
+def test_an_unreachable_server_is_retried_for_a_longer_budget_but_never_past_it():
+    url = f"http://127.0.0.1:{free_port()}"
+    client = tracking_client(url)
+    policy = RetryPolicy(budget_s=50.0)
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError, match=re.escape(url)):
+        call_with_retry(client.search_experiments, url, policy)
+    waited = time.monotonic() - started
+    # One request's backoff sleeps alone take 12 s or more; a second request waited as long.
+    assert 20.0 < waited <= policy.budget_s
+
+
+def test_an_error_that_waiting_cannot_clear_is_raised_at_once(store):
+    open_run(store)
+    with pytest.raises(MlflowException, match="not found"):
+        child_runs("0" * 32, tracking_uri=store)
+
+
+def test_a_sqlite_store_locked_past_the_budget_raises_advising_a_tracking_server(store):
+    tracker = open_run(store, retry=RetryPolicy(budget_s=1.0))
+    with (
+        sqlite_locked(store),
+        pytest.raises(TrackingUnavailableError, match=r"locked.*run `mlflow server`"),
+    ):
+        tracker.log_metrics({"loss": 1.0}, step=1)
+
+
+def test_a_sqlite_store_locked_for_less_than_the_budget_is_waited_out(store):
+    tracker = open_run(store, retry=RetryPolicy(budget_s=60.0))
+    with sqlite_locked(store) as lock:
+        release = threading.Timer(LOCK_HELD_S, lock.rollback)
+        release.start()
+        started = time.monotonic()
+        try:
+            assert tracker.log_metrics({"loss": 1.0}, step=1) == 1
+        finally:
+            release.cancel()
+        assert time.monotonic() - started >= LOCK_HELD_S - 1.0
+    assert metric_steps(store, tracker.run_id, "loss") == [1]
 
 
 # ------------------------------------------------------------------------------------------
@@ -447,18 +456,19 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 60.0) -> None
         pass
 
 
-@pytest.mark.slow
-def test_runs_resume_through_a_tracking_server(tmp_path):
+def start_tracking_server(folder: Path) -> tuple[str, subprocess.Popen]:
+    """`mlflow server` on a free loopback port with its store and artifacts in `folder`, in
+    its own process group (so that `stop_process_group` reaches its workers); (URL, process).
+    It answers once started, which takes seconds."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "mlflow"),
             "server",
             "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
+            f"sqlite:///{folder / 'server.db'}",
             "--artifacts-destination",
-            str(tmp_path / "artifacts"),
+            str(folder / "artifacts"),
             "--host",
             "127.0.0.1",
             "--port",
@@ -468,10 +478,15 @@ def test_runs_resume_through_a_tracking_server(tmp_path):
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        # Its own process group, so teardown reaches the server's worker processes too.
         start_new_session=True,
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
+    return f"http://127.0.0.1:{port}", server
+
+
+@pytest.mark.slow
+def test_runs_resume_through_a_tracking_server(tmp_path):
+    url, server = start_tracking_server(tmp_path)
     try:
         wait_until_serving(url, server)
         first = RunTracker.open("served", tracking_uri=url, experiment="tests")
@@ -483,5 +498,17 @@ def test_runs_resume_through_a_tracking_server(tmp_path):
         assert second.run_id == first.run_id
         assert metric_steps(url, first.run_id, "loss") == [1, 2]
         assert list((tmp_path / "artifacts").rglob("note.txt"))
+    finally:
+        stop_process_group(server)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("mlflow_http_settings_unset")
+def test_a_tracking_server_that_is_still_starting_is_waited_out(tmp_path):
+    url, server = start_tracking_server(tmp_path)
+    try:
+        client = tracking_client(url)
+        experiments = call_with_retry(client.search_experiments, url, RetryPolicy(budget_s=180))
+        assert [experiment.name for experiment in experiments] == ["Default"]
     finally:
         stop_process_group(server)

@@ -8,10 +8,10 @@ training run, its data set's manifest hash and its val mIoU, and sets an alias o
 `registered_checkpoint` turns `models:/NAME/VERSION` (or `models:/NAME@alias`) back into the
 checkpoint file, so every job that takes a checkpoint can take a registered model.
 
-The model carries its code (`code_paths`: the `apcnet` and `pipeline` packages), not a
-models-from-code file: the pickled `SegmentationPyfunc` names its module, which the model's
-own `code/` folder provides wherever it is loaded, so `mlflow models serve --env-manager
-local` needs nothing but an environment with the pinned packages.
+The model carries its code (`code_paths`: `served_model.code_files`, the project modules the
+served model imports), not a models-from-code file: the pickled `SegmentationPyfunc` names its
+module, which the model's own `code/` folder provides wherever it is loaded, so `mlflow models
+serve --env-manager local` needs nothing but an environment with the pinned packages.
 """
 
 from __future__ import annotations
@@ -51,8 +51,6 @@ MODEL_URI_PREFIX = "models:/"
 LOGGED_MODEL_NAME = "model"
 # The installed distributions the served model needs, pinned to their versions here.
 REQUIRED_DISTRIBUTIONS = ("torch", "torchvision", "mlflow", "numpy", "pillow", "pyarrow", "pyyaml")
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CODE_PACKAGES = ("apcnet", "pipeline")
 # The input example: one small image (logging checks that the model answers it).
 EXAMPLE_IMAGE_SIZE = (32, 32)
 PROGRESS_BAR_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -311,7 +309,7 @@ def _log_model(client, run, checkpoint: str) -> tuple[str, str]:
 
     # Imported here: MLflow's pyfunc machinery is slow to import, and the jobs import this
     # module whether or not they register.
-    from pipeline.evaluate.served_model import CHECKPOINT_ARTIFACT, SegmentationPyfunc
+    from pipeline.evaluate import served_model
 
     logged = client.create_logged_model(
         experiment_id=run.info.experiment_id,
@@ -330,12 +328,16 @@ def _log_model(client, run, checkpoint: str) -> tuple[str, str]:
         tempfile.TemporaryDirectory(prefix="apcnet-model-") as folder,
         _quiet_model_saving(),
     ):
-        saved = Path(folder) / LOGGED_MODEL_NAME
+        # The served model's code staged apart, one folder per package, for MLflow to copy.
+        saved, code = Path(folder) / LOGGED_MODEL_NAME, Path(folder) / "code"
+        for relative in served_model.code_files():
+            (code / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(served_model.PROJECT_ROOT / relative, code / relative)
         save_model(
             str(saved),
-            python_model=SegmentationPyfunc(),
-            artifacts={CHECKPOINT_ARTIFACT: str(local_checkpoint)},
-            code_paths=[str(PROJECT_ROOT / package) for package in CODE_PACKAGES],
+            python_model=served_model.SegmentationPyfunc(),
+            artifacts={served_model.CHECKPOINT_ARTIFACT: str(local_checkpoint)},
+            code_paths=[str(package) for package in sorted(code.iterdir())],
             signature=model_signature(),
             input_example=np.zeros((1, *EXAMPLE_IMAGE_SIZE, 3), dtype=np.uint8),
             pip_requirements=pip_requirements(),

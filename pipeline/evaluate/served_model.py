@@ -1,11 +1,11 @@
 """The MLflow pyfunc a registered model is: RGB uint8 images in, class-index masks out.
 
 This module is what `mlflow models serve` and `mlflow.pyfunc.load_model` import, from the
-model's own copy of `apcnet/` and `pipeline/` (its `code_paths`); it imports neither Ray nor
-MLflow's tracking. The checkpoint is the model's one artifact; each image is predicted as
-`jobs/predict.py` predicts it (`normalize` with the checkpoint's mean and std, then
-`predict_label_map` in whole-image mode, one image at a time), so its masks are the same
-pixel for pixel.
+model's own copy of it and of the project modules it imports (`code_files`, the model's
+`code_paths`); it imports neither Ray nor MLflow's tracking. The checkpoint is the model's one
+artifact; each image is predicted as `jobs/predict.py` predicts it (`normalize` with the
+checkpoint's mean and std, then `predict_label_map` in whole-image mode, one image at a time),
+so its masks are the same pixel for pixel.
 
 Input: RGB uint8 (N, H, W, 3) (any integer type holding 0-255 is taken as it is, which is how
 JSON's numbers arrive), or images of different sizes: a list of (H, W, 3) arrays (the Python
@@ -18,12 +18,18 @@ sizes.
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 CHECKPOINT_ARTIFACT = "checkpoint"
+# The project's packages, and the folder that holds them.
+PROJECT_PACKAGES = ("apcnet", "pipeline")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ImageInputError(MlflowException):
@@ -123,3 +129,50 @@ def checked_pixels(image, index: int) -> np.ndarray:
             f"image {index}: expected uint8 values, integers 0-255; got values from {low} to {high}"
         )
     return pixels.astype(np.uint8)
+
+
+def code_files(root: Path = PROJECT_ROOT) -> list[Path]:
+    """The files a registered model carries as its code, relative to `root`: this module and
+    every project module it imports, transitively. Every import statement counts, inside
+    functions and type-checking blocks too (a superset of what serving runs, never less), and
+    every package on the way brings its `__init__.py`, which runs before its modules."""
+    found: set[Path] = set()
+    pending = [__name__]
+    while pending:
+        parts = pending.pop().split(".")
+        for depth in range(1, len(parts) + 1):
+            module = ".".join(parts[:depth])
+            path = _module_file(root, module)
+            if path is not None and path not in found:
+                found.add(path)
+                pending.extend(_imported_names(module, root / path))
+    return sorted(found)
+
+
+def _module_file(root: Path, module: str) -> Path | None:
+    """The file of a project module or package, relative to `root`; None for anything else
+    (another distribution, or a name imported from a module)."""
+    if module.partition(".")[0] not in PROJECT_PACKAGES:
+        return None
+    base = Path(*module.split("."))
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if (root / candidate).is_file():
+            return candidate
+    return None
+
+
+def _imported_names(module: str, path: Path) -> list[str]:
+    """Every name an import statement of `module` (at `path`) may import as a module:
+    `from a import b` may import `a.b`."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: `level - 1` packages up from this one
+                anchor = package.rsplit(".", node.level - 1)[0]
+                base = f"{anchor}.{base}" if base else anchor
+            names += [base, *(f"{base}.{alias.name}" for alias in node.names)]
+    return names

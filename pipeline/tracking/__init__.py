@@ -8,8 +8,8 @@ Public names:
 - `lookup`: the one run search, every page (`search_runs`), and its filters
   (`run_name_query`, `children_query`).
 - `tags`: every MLflow tag name the project reads or writes (`RUN_NAME_TAG`, `KIND_TAG`, ...).
-- `retry`: the one retry policy and MLflow client; `call_with_retry`, `tracking_client`,
-  `TrackingUnavailableError`.
+- `retry`: the one retry rule (MLflow's own HTTP retries, bounded) and MLflow client;
+  `call_with_retry`, `tracking_client`, `RetryPolicy`, `TrackingUnavailableError`.
 - `tables`: one table as text, CSV or markdown; `text_table`, `csv_table`, `markdown_table`.
 - `compare`: `collect_runs`, `sort_runs`, `format_runs_table`, `plot_curves`.
 - `provenance`: `git_commit`.

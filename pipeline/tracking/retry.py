@@ -1,51 +1,57 @@
-"""The one retry policy for MLflow calls, and the one place an MLflow client is created.
+"""The one retry rule for MLflow calls, and the one place an MLflow client is created.
 
-A call that fails for a reason a moment's wait may clear (the server is unreachable, busy or
-restarting; a SQLite store is locked by another writer) is retried with exponential backoff
-until `RetryPolicy.budget_s` (30 s) have passed since its first attempt; then it raises
-`TrackingUnavailableError`, which names the tracking URI and says what to check. Any other
-error is raised at once.
+A call that fails for a reason a wait may clear (an unreachable, busy or restarting server; a
+locked SQLite store) is waited out for at most `RetryPolicy.budget_s` (30 s; training runs pass
+`tracking.outage_wait_s`), then raises `TrackingUnavailableError`, which names the tracking URI
+and says what to check. Any other error is raised at once.
 
-MLflow's HTTP client has retries of its own (`MLFLOW_HTTP_REQUEST_MAX_RETRIES`, default 7,
-backoff factor 2, and a 120 s `MLFLOW_HTTP_REQUEST_TIMEOUT`): on top of this policy one call to
-an unreachable server would wait for minutes. So `tracking_client` turns MLflow's own HTTP
-retries off and shortens its timeout, unless the user has set those variables.
+A server is retried by MLflow's own HTTP client (refused or dropped connections, timeouts, 408,
+429, 5xx; urllib3's backoff). With R retries, backoff factor f, jitter j and timeout t (each
+attempt's wait for a connection or an answer), one request waits at most
+(R + 1) * t + sum(f * 2**k + j for k in 1..R-1) (`http_request_bound_s`): `HTTP_SETTINGS`
+(R = 2, f = 2, t = 8, MLflow's j = 1; a user's own values are kept) give 3 * 8 + 5 = 29 s,
+and ignore Retry-After (a server could ask for hours). The timeout bounds each wait on the
+socket, not a whole transfer, so a large artifact that keeps moving is not cut short. Those
+settings are process-wide, so a call is repeated here, after a pause, while one more attempt
+as long as the longest so far still fits in its budget: for a budget longer than one request, and for a SQLite store locked
+past SQLite's own wait, which MLflow's HTTP retries never see. A budget shorter than one
+request gets that request.
 """
 
 from __future__ import annotations
 
 import os
+import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import mlflow
 import requests
+from mlflow.environment_variables import (
+    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
+    MLFLOW_HTTP_REQUEST_BACKOFF_JITTER,
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+    MLFLOW_HTTP_REQUEST_TIMEOUT,
+    MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER,
+)
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import UserError
 
 T = TypeVar("T")
 
-# MLflow error codes of answers worth waiting out (HTTP 503, 504, 429).
-TRANSIENT_ERROR_CODES = frozenset(
-    {"TEMPORARILY_UNAVAILABLE", "DEADLINE_EXCEEDED", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"}
-)
-# requests' errors for "no answer": refused or dropped connections, timeouts, and an HTTP
-# status in MLflow's retry list (408, 429, 5xx) once its own retries are spent.
-TRANSIENT_REQUEST_ERRORS = (
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    requests.exceptions.RetryError,
-)
-# MLflow's own HTTP retry settings while a tracking server is used: no retries there, this
-# policy is the only one; and a request timeout short enough that a server that accepts
-# connections but never answers still fails within about one budget.
-HTTP_CLIENT_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+# MLflow's HTTP settings while a tracking server is used, unless the user set them.
+HTTP_SETTINGS = {
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES.name: "2",
+    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.name: "2",
+    MLFLOW_HTTP_REQUEST_TIMEOUT.name: "8",
+    MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER.name: "false",
 }
+# What MLflow's retries end in (wrapped in a plain MlflowException): no connection, a timeout,
+# or a status in its retry list to the last.
+NO_ANSWER_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError)
 
 
 class TrackingUnavailableError(UserError):
@@ -54,18 +60,10 @@ class TrackingUnavailableError(UserError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Waits of first_delay_s, doubling up to max_delay_s, while less than budget_s have passed
-    since the first attempt; the last wait is cut to the budget."""
+    """Wait out a transient error for at most budget_s, pausing pause_s between attempts."""
 
     budget_s: float = 30.0
-    first_delay_s: float = 0.5
-    max_delay_s: float = 8.0
-
-    def delays(self) -> Iterator[float]:
-        delay = self.first_delay_s
-        while True:
-            yield delay
-            delay = min(2 * delay, self.max_delay_s)
+    pause_s: float = 1.0
 
 
 DEFAULT_POLICY = RetryPolicy()
@@ -74,71 +72,71 @@ DEFAULT_POLICY = RetryPolicy()
 def tracking_client(tracking_uri: str) -> mlflow.MlflowClient:
     """An `MlflowClient` for `tracking_uri`; every client of the project is made here.
 
-    For an HTTP(S) server it sets `HTTP_CLIENT_DEFAULTS` in this process's environment where
-    the user has not set them (MLflow reads them at every request), so that MLflow's own
-    retries do not multiply this module's and an unreachable server fails in about 30 s, not
-    minutes. A user who sets them keeps their values, and with them a longer total wait.
+    For a server it sets `HTTP_SETTINGS` in this process's environment where the user has not
+    (MLflow reads them at every request); a user's own values are kept, with their wait.
     """
-    if tracking_uri.startswith(("http://", "https://")):
-        for name, value in HTTP_CLIENT_DEFAULTS.items():
+    if _is_server(tracking_uri):
+        for name, value in HTTP_SETTINGS.items():
             os.environ.setdefault(name, value)
     return mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+
+def http_request_bound_s() -> float:
+    """The longest one MLflow HTTP request waits for a server that does not answer, with the
+    settings in force in this process (see the module docstring)."""
+    retries = MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()
+    factor = MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get()
+    jitter = MLFLOW_HTTP_REQUEST_BACKOFF_JITTER.get()
+    sleeps = sum(factor * 2**k + jitter for k in range(1, retries))
+    return (retries + 1) * MLFLOW_HTTP_REQUEST_TIMEOUT.get() + sleeps
 
 
 def call_with_retry(
     call: Callable[[], T], tracking_uri: str, policy: RetryPolicy = DEFAULT_POLICY
 ) -> T:
-    """`call()`, retried on transient errors (`is_transient`) as `policy` says.
-
-    Raises TrackingUnavailableError (chained to the last error) once the budget is spent;
-    other errors propagate unchanged on the first attempt.
-    """
+    """`call()`, repeated on transient errors (`is_transient`) as the module docstring says,
+    then TrackingUnavailableError (chained to the last error); other errors propagate at once."""
     started = time.monotonic()
-    delays = policy.delays()
-    attempts = 0
     while True:
-        attempts += 1
+        attempt_started = time.monotonic()
         try:
             return call()
         except Exception as error:
             if not is_transient(error):
                 raise
-            elapsed = time.monotonic() - started
-            if elapsed >= policy.budget_s:
+            now = time.monotonic()
+            # The next attempt may take as long as this one, or as MLflow's retries of a request.
+            longest = now - attempt_started
+            if _is_server(tracking_uri):
+                longest = max(longest, http_request_bound_s())
+            if now - started + policy.pause_s + longest > policy.budget_s:
                 raise TrackingUnavailableError(
-                    _unavailable_message(tracking_uri, attempts, elapsed, error)
+                    _unavailable_message(tracking_uri, now - started, error)
                 ) from error
-            time.sleep(min(next(delays), policy.budget_s - elapsed))
+            time.sleep(policy.pause_s)
 
 
 def is_transient(error: BaseException) -> bool:
-    """True for errors a wait may clear: no answer from the server, an answer that says
-    "busy" or "try later", or a SQLite store locked by another writer."""
-    if isinstance(error, MlflowException) and (
-        error.error_code in TRANSIENT_ERROR_CODES or "database is locked" in str(error)
-    ):
+    """True for errors a wait may clear: a server that did not answer MLflow's retries, or a
+    SQL store that is locked or busy (MLflow's code for its OperationalError)."""
+    if isinstance(error, MlflowException) and error.error_code == "TEMPORARILY_UNAVAILABLE":
         return True
-    # MLflow wraps requests' errors in a plain MlflowException: look along the chain.
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, TRANSIENT_REQUEST_ERRORS):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
+    cause = error.__cause__ or error.__context__
+    return isinstance(error, NO_ANSWER_ERRORS) or (cause is not None and is_transient(cause))
 
 
-def _unavailable_message(uri: str, attempts: int, elapsed: float, error: Exception) -> str:
-    last = " ".join(str(error).split())
-    if len(last) > 300:
-        last = last[:297] + "..."
+def _is_server(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+def _unavailable_message(uri: str, elapsed: float, error: Exception) -> str:
+    last = textwrap.shorten(str(error), 300, placeholder="...")
     if "database is locked" in last:
         advice = (
             "other processes keep the SQLite store locked; for many concurrent writers run "
             "`mlflow server` and point tracking.tracking_uri / MLFLOW_TRACKING_URI at it"
         )
-    elif uri.startswith(("http://", "https://")):
+    elif _is_server(uri):
         advice = (
             f"check that the tracking server is running and reachable from this machine "
             f"(`curl {uri.rstrip('/')}/health`), or point tracking.tracking_uri / "
@@ -147,6 +145,6 @@ def _unavailable_message(uri: str, attempts: int, elapsed: float, error: Excepti
     else:
         advice = "check that the store exists and is reachable from this machine"
     return (
-        f"MLflow tracking at {uri} did not answer after {attempts} attempts over "
-        f"{elapsed:.0f} s: {advice} (last error: {last})"
+        f"MLflow tracking at {uri} did not answer for {elapsed:.0f} s: {advice} "
+        f"(last error: {last})"
     )

@@ -8,8 +8,8 @@ Identity: a run is found by the tag `apcnet.run_name`. Resubmitting the same nam
 same MLflow run, and `RunTracker.log_metrics` skips (key, step) pairs that are already there,
 so an epoch that is replayed after a restart is never logged twice.
 
-Retries: every call goes through `pipeline.tracking.retry` (transient errors retried for at
-most 30 s, then `TrackingUnavailableError` naming the tracking URI).
+Retries: every call goes through `pipeline.tracking.retry` (a store that does not answer is
+waited out for at most the `RetryPolicy` budget, then `TrackingUnavailableError` names its URI).
 """
 
 from __future__ import annotations
@@ -178,14 +178,16 @@ class RunTracker:
         return tracker
 
     @classmethod
-    def attach(cls, run_id: str, *, tracking_uri: str | None = None) -> RunTracker:
-        """The existing run `run_id`, to add to it (an artifact made after the run ended)
-        without reopening it: its status stays as it is. Raises MlflowException when the
-        store has no such run."""
+    def attach(
+        cls, run_id: str, *, tracking_uri: str | None = None, retry: RetryPolicy = DEFAULT_POLICY
+    ) -> RunTracker:
+        """The existing run `run_id`, to add to it (an epoch's metrics, an artifact made after
+        the run ended) without reopening it: its status stays as it is. `retry` as in `open`.
+        Raises MlflowException when the store has no such run."""
         uri, _ = resolve_tracking(tracking_uri, None)
         client = tracking_client(uri)
-        run = call_with_retry(lambda: client.get_run(run_id), uri)
-        return cls(client, uri, run, resumed=True)
+        run = call_with_retry(lambda: client.get_run(run_id), uri, retry)
+        return cls(client, uri, run, resumed=True, retry=retry)
 
     @property
     def run_id(self) -> str:
