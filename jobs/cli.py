@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from pipeline.errors import UserError
 from pipeline.train.console import (  # imports no Ray: options stay fast
     VERBOSE_VARIABLE,
-    quiet_native_stderr,
+    set_before_ray_import,
 )
 
 if TYPE_CHECKING:
@@ -78,8 +78,7 @@ def run_job(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
         # Before main starts Ray: the driver and every Ray process of the job read it.
         os.environ[VERBOSE_VARIABLE] = "1"
     try:
-        with quiet_native_stderr():
-            return main(argv) or 0
+        return main(argv) or 0
     except KeyboardInterrupt:
         return _report("interrupted", INTERRUPTED, argv)
     except Exception as error:
@@ -238,3 +237,7 @@ def add_pool_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=1, help="images per actor call")
     group.add_argument("--actors", type=int, help="model actors (default: from the cluster)")
     group.add_argument("--cpus-per-actor", type=float, help="CPUs each actor reserves")
+
+
+# Every job imports this module before anything imports Ray, which reads these settings then.
+set_before_ray_import(verbose=_flags_requested(sys.argv[1:]).verbose)

@@ -41,7 +41,7 @@ def test_killed_workers_are_replaced_and_every_epoch_reaches_mlflow_exactly_once
     job = run_job("--config", str(config_file), "--name", "killed-workers", env=hooks)
     assert job.returncode == 0, job.stderr[-3000:]
     folder = tmp_path / "runs" / "killed-workers"
-    assert kill_marker(folder, "after-logging", 1).exists()
+    assert kill_marker(folder, "before-report", 1).exists()
     assert kill_marker(folder, "mid-epoch", 2).exists()
     history = read_progress(latest_checkpoint("killed-workers", tmp_path / "runs")).history
     assert [int(epoch["epoch"]) for epoch in history] == [1, 2]

@@ -40,15 +40,15 @@ def _exit_once(position: LoopPosition, moment: str) -> None:
 
 
 @dataclass(frozen=True)
-class KillAfterLogging(TrainingHook):
-    """Rank 0 dies after `epoch`'s metrics reached MLflow and before its checkpoint is
-    reported: the worst moment for duplicate metrics."""
+class KillBeforeReport(TrainingHook):
+    """Rank 0 dies after `epoch`'s training and validation, before the epoch is reported:
+    the whole epoch is lost and replayed."""
 
     epoch: int
 
-    def epoch_logged(self, position: LoopPosition) -> None:
+    def before_report(self, position: LoopPosition) -> None:
         if position.epoch == self.epoch and position.rank == 0:
-            _exit_once(position, "after-logging")
+            _exit_once(position, "before-report")
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class NanLossAt(TrainingHook):
 
 
 def two_worker_deaths() -> list[TrainingHook]:
-    """For APCNET_TRAINING_HOOKS: rank 0 dies right after epoch 1's metrics reached MLflow
-    (epoch 1 is replayed from scratch), then the last worker in the middle of epoch 2 (resumed
-    from epoch 1's checkpoint)."""
-    return [KillAfterLogging(epoch=1), KillMidEpoch(epoch=2)]
+    """For APCNET_TRAINING_HOOKS: rank 0 dies just before epoch 1 is reported (epoch 1 is
+    replayed from scratch), then the last worker in the middle of epoch 2 (resumed from epoch
+    1's checkpoint)."""
+    return [KillBeforeReport(epoch=1), KillMidEpoch(epoch=2)]

@@ -22,14 +22,11 @@ SHUFFLE_MODES: tuple[ShuffleMode, ...] = ("rows", "window", "files")
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """Throughput knobs of the decode + augment stage (defaults measured by benchmarks/ingest.py).
+    """Throughput knobs of the decode + augment stage (benchmarks/ingest.py measures them).
 
-    batch_size: rows per augmented output block. 32 (fewer blocks, less per-block overhead)
-        was the best under load and level with 8 on a quiet machine; blocks hold uint8 images
-        and masks (a 512 crop is about 1 MB per row).
-    num_cpus: CPUs reserved per decode/augment task (or actor). Half a CPU lets two tasks
-        share one CPU, hiding each task's start-up and reading behind the other's work; on
-        2 cores that measured no faster than whole-CPU tasks (benchmarks/ingest.py).
+    batch_size: rows per augmented output block; blocks hold uint8 images and masks (a 512
+        crop is about 1 MB per row).
+    num_cpus: CPUs reserved per decode/augment task (or actor).
     concurrency: maximum parallel tasks (None: as many as the CPU budget allows); with
         `actors` the fixed size of the actor pool (None: one actor per whole CPU requested).
     cpu_limit: Ray Data's CPUs while it feeds training (None: what the training workers
@@ -43,15 +40,13 @@ class IngestOptions:
             whole shard file;
         "files": only the order of shard files changes.
     shuffle_window: encoded rows permuted together in "window" mode (about 100 kB each for
-        VOC-sized JPEGs, so 32 rows hold a few MB before decoding). With `split_reads` also the
-        rows of one read block and one augment task: 32 splits an epoch into twice as many
-        tasks as 64, which balance better over a few CPUs (the last task of an epoch runs
-        alone) and bring the first block sooner (benchmarks/ingest.py: 0.80x and 0.82x of the
-        DataLoader against 0.77x and 0.79x for 64 in the same runs).
+        VOC-sized JPEGs). With `split_reads` also the rows of one read block and one augment
+        task: smaller windows make more, shorter tasks, which balance better over a few CPUs
+        (the last task of an epoch runs alone) and bring the first block sooner.
     actors: run decode/augment on a pool of long-lived actors instead of tasks.
     split_reads: read the shards in blocks of one augment call's rows, each its own task.
         Without it a block is a whole shard file, which a single task then decodes alone
-        while the other CPUs idle (measured: the main ingest gap).
+        while the other CPUs idle.
     """
 
     batch_size: int = 32

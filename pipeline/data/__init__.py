@@ -12,8 +12,6 @@ Public names:
   `decode_mask`, `augment_sample` (uint8 out), `normalize`, `mean_colour`.
 - `ingest`: Ray Data datasets for Ray Train; `training_datasets`, `train_dataset`,
   `eval_dataset`, `data_config`.
-- `executor_timing`: Ray Data's executor reads the cluster's resources every 0.1 s and looks at its
-  tasks every 0.02 s (applied when `ingest` is imported); `apply_executor_timing`.
 - `majority_baseline`: `class_pixel_counts`, `majority_class_miou`.
 - `builtin`: the data set a config trains on, the synthetic one generated on first use;
   `load_training_data`, `data_set_path`, `TrainingData`.

@@ -25,9 +25,7 @@ Randomness, and the guarantee given:
   `iter_torch_batches(..., local_shuffle_buffer_size=..., local_shuffle_seed=epoch)` to mix
   further.
   `shuffle="rows"` restores a full `random_shuffle` of the encoded rows: an all-to-all
-  exchange whose memory grows with the data set. On 200 VOC-sized images and 2 CPUs both
-  ran at about 0.45x of a 2-worker DataLoader when the machine was quiet; under load the
-  windowed default was ahead in 3 of 4 interleaved comparisons (benchmarks/ingest.py).
+  exchange whose memory grows with the data set.
 
 Evaluation data keeps every image at its original size; see `eval_dataset`.
 """
@@ -49,7 +47,6 @@ from ray.data import DataContext, ExecutionOptions, RandomSeedConfig
 from pipeline.config.augmentation import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.config.ingest import IngestOptions
 from pipeline.config.schema import DataSection
-from pipeline.data.executor_timing import apply_executor_timing
 from pipeline.data.shard_source import completed_passes, read_shards
 from pipeline.data.shards import Manifest
 from pipeline.data.transforms import (
@@ -59,10 +56,6 @@ from pipeline.data.transforms import (
     decode_mask,
     normalize,
 )
-
-# At import, on purpose: Ray Train's split coordinators run the executors of the datasets built
-# here and import this module to unpickle them, and have no other hook (executor_timing says why).
-apply_executor_timing()
 
 # The names of the data sets a training run streams (`training_datasets`).
 TRAIN_DATASET = "train"

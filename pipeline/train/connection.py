@@ -10,21 +10,24 @@ credentials (`AWS_*`, `GOOGLE_*`), the MLflow settings (`MLFLOW_*`) and the cons
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from typing import Any
 
 import ray
-from ray.job_config import JobConfig
 
-from pipeline.train import console, startup
+from pipeline.train import console
 
 FORWARDED_PREFIXES = ("AWS_", "GOOGLE_", "MLFLOW_")
 # Where Ray's processes find the State API (the dashboard's address).
 API_SERVER_ADDRESS_VARIABLE = "RAY_API_SERVER_ADDRESS"
-# Set by Ray's job manager in a submitted job's driver: the job's runtime_env.
-SUBMITTED_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+# Set by `ray job submit` in the job's driver (the cluster's address), or by a user.
+ADDRESS_VARIABLE = "RAY_ADDRESS"
+# Lets a driver's runtime_env repeat variables the submitted job's runtime_env already sets
+# (Ray otherwise refuses the overlap). Both hold the same values here: the job's variables are
+# in the driver's own environment, from which the driver's runtime_env is built.
+OVERRIDE_JOB_RUNTIME_ENV_VARIABLE = "RAY_OVERRIDE_JOB_RUNTIME_ENV"
 
 
 def connect(**init_options: Any) -> None:
@@ -35,9 +38,9 @@ def connect(**init_options: Any) -> None:
     if ray.is_initialized():
         return
     if joins_a_cluster(dict(os.environ), init_options):
+        os.environ.setdefault(OVERRIDE_JOB_RUNTIME_ENV_VARIABLE, "1")
         ray.init(**init_arguments(), **init_options)
     else:
-        startup.apply_local_instance_settings()
         start_local_instance(**init_options)
 
 
@@ -70,13 +73,9 @@ def free_local_port() -> int:
 
 
 def joins_a_cluster(environment: dict[str, str], init_options: dict[str, Any]) -> bool:
-    """Whether `ray.init` will join a running cluster (an address given, RAY_ADDRESS set, or
-    inside `ray job submit`) rather than start a local instance for this process."""
-    return bool(
-        init_options.get("address")
-        or environment.get("RAY_ADDRESS")
-        or environment.get(SUBMITTED_JOB_CONFIG_ENV)
-    )
+    """Whether `ray.init` will join a running cluster (an address given, or RAY_ADDRESS set,
+    as inside `ray job submit`) rather than start a local instance for this process."""
+    return bool(init_options.get("address") or environment.get(ADDRESS_VARIABLE))
 
 
 def init_arguments() -> dict[str, Any]:
@@ -88,16 +87,8 @@ def init_arguments() -> dict[str, Any]:
 
 
 def variables_for_workers(environment: dict[str, str]) -> dict[str, str]:
-    """The storage, tracking and console variables of `environment` (console: its settings)
-    that the job's runtime_env does not already carry (Ray refuses a driver runtime_env that
-    repeats a job's variable)."""
-    submitted = environment.get(SUBMITTED_JOB_CONFIG_ENV)
-    job_variables = (
-        (JobConfig.from_json(json.loads(submitted)).runtime_env or {}).get("env_vars", {})
-        if submitted
-        else {}
-    )
-    wanted = {
+    """The storage and tracking variables of `environment` and the console's settings."""
+    forwarded = {
         name: value for name, value in environment.items() if name.startswith(FORWARDED_PREFIXES)
-    } | console.variables_for_workers(environment)
-    return {name: value for name, value in wanted.items() if name not in job_variables}
+    }
+    return forwarded | console.variables_for_workers(environment)

@@ -7,18 +7,20 @@ of the job, so a Tune trial that drives its own training run is as quiet as the 
 
 Quiet (the default) means:
 - Ray's INFO logs hidden in every process: the `ray` logger (`ray_init_options`), Ray Train's
-  (`train_logging_config`: "Reporting training result ...", worker-group start-up), Ray
-  Data's (`RAY_DATA_LOG_LEVEL`: dataset execution plans and timings) and MLflow's (database
-  set-up); warnings and errors still show.
-- Ray Data's progress bars off (`DataContext.enable_progress_bars`): the console's bars are
-  the project's own (`epoch_bar`, `progress_over`).
-- Lines of Ray's that ask nothing of a user dropped on the driver (`_DROPPED_LINES`): a
-  false alarm about Train's PreemptionWatcher, Data's notice that its bars are off, the
-  raylet's count of worker processes started, Train's placement-group cleanup notice; and
-  what Ray's C++ core worker in the driver writes to standard error itself
-  (`_DROPPED_NATIVE_LINES`, through `quiet_native_stderr` around every job's main): the
-  same kind of false alarm about evaluation's and prediction's model actors.
+  (`train_logging_config`: "Reporting training result ...", worker-group start-up) and
+  MLflow's (database set-up); warnings and errors still show.
+- Ray Data's progress bars off (`DataContext.enable_progress_bars`,
+  `RAY_DATA_DISABLE_PROGRESS_BARS`): the console's bars are the project's own (`epoch_bar`,
+  `progress_over`).
 - Tune's periodic status tables off: a search prints one line per trial event instead.
+
+Always: lines of Ray's processes that ask nothing of a user (`FORWARDED_LINES_TO_DROP`) are
+dropped by the driver through Ray's documented `RAY_DEDUP_LOGS_SKIP_REGEX`, and token
+authentication is said to be on (`RAY_AUTH_MODE=token`, Ray's default, without its notice).
+Ray reads both when it is imported, so every job sets them first (`jobs/cli.py`,
+`set_before_ray_import`).
+Lines that Ray's native code writes straight to a process's standard error are not filtered:
+the README lists those that ask nothing of a user.
 
 Always, whatever the verbosity: Ray Train's `print` patch is off
 (`RAY_TRAIN_ENABLE_PRINT_PATCH=0`). In Ray 2.60 it sends every `print` in a training worker
@@ -29,10 +31,10 @@ line a worker printed reached the console twice.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import re
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from pipeline.config.schema import ExperimentConfig
     from pipeline.data.builtin import TrainingData
-    from pipeline.train.settings import LoopSettings
+    from pipeline.train.settings import ConsoleMode, LoopSettings
 
 T = TypeVar("T")
 VERBOSE_VARIABLE = "APCNET_VERBOSE"
@@ -49,30 +51,30 @@ LABEL_WIDTH = 10
 
 # Read by Ray Train in its controller and workers; forwarded by Train itself, and here too.
 _PRINT_PATCH_VARIABLE = "RAY_TRAIN_ENABLE_PRINT_PATCH"
-# Read where Ray Data configures its logger (on import, and per dataset in Ray's processes).
-_DATA_LOG_LEVEL_VARIABLE = "RAY_DATA_LOG_LEVEL"
 # Read by DataContext's defaults, for a context made in a Ray process rather than handed over.
 _DATA_PROGRESS_VARIABLE = "RAY_DATA_DISABLE_PROGRESS_BARS"
+# Ray's driver skips forwarded lines that match it; read once, when `ray` is imported.
+_SKIP_LINES_VARIABLE = "RAY_DEDUP_LOGS_SKIP_REGEX"
+# Token authentication, on by default for a local instance since Ray 2.59. Left unset, Ray
+# prints a notice at every local start; said explicitly (read when `ray` is imported), it is
+# on without one.
+_AUTH_MODE_VARIABLE = "RAY_AUTH_MODE"
 _MLFLOW_LOG_LEVEL_VARIABLE = "MLFLOW_LOGGING_LEVEL"
 # Read by Ray Tune on its driver when a search starts (ray.tune.experimental.output).
 _TUNE_NEW_OUTPUT_VARIABLE = "RAY_AIR_NEW_OUTPUT"
 _WORKER_VARIABLES = (
     VERBOSE_VARIABLE,
     _PRINT_PATCH_VARIABLE,
-    _DATA_LOG_LEVEL_VARIABLE,
     _DATA_PROGRESS_VARIABLE,
     _MLFLOW_LOG_LEVEL_VARIABLE,
 )
-# The token-authentication notice of a new local instance: the project keeps Ray 2.60's
-# default (token authentication on) and says so in the README, so the notice asks for nothing.
-_AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 # Driver-side loggers that print INFO lines a person does not need. `ray.train` also covers
 # Train's "A run snapshot was found" notice, logged on every `Result.from_path`, which this
 # project calls to read a run's checkpoints (pipeline.train.run_folder), never to resume.
 _QUIET_LOGGERS = ("ray", "ray.train", "ray.tune", "ray.data", "mlflow")
 
-# Lines of Ray's processes that the driver drops when quiet: each asks nothing of a user.
-_DROPPED_LINES = (
+# Lines of Ray's processes that the driver drops: each asks nothing of a user.
+FORWARDED_LINES_TO_DROP = (
     # Ray Train (PreemptionCallback) starts a PreemptionWatcher actor per worker group with
     # max_restarts=-1 and hands it the training workers' actor handles. Ray core logs this
     # ERROR (core_worker.cc, once per process) for any restartable actor whose constructor
@@ -83,9 +85,6 @@ _DROPPED_LINES = (
     # that is about to go, so preemption handling is unchanged; only the line is dropped.
     r"Actor with class name: 'PreemptionWatcher' and ID: '\w+' has constructor arguments "
     r"in the object store and max_restarts > 0",
-    # Ray Data says so, once in each process, when its bars are off; here they are off on
-    # purpose (the console's own bars replace them) and --verbose turns them back on.
-    r"Progress bars disabled\. To enable, set `ray\.data\.DataContext",
     # The raylet's count of Python processes started at once on a node, against its CPUs:
     # Ray Train's and Ray Data's own actors (controller, workers, dataset manager, split
     # coordinators, preemption watcher) take no or fractional CPUs by design, so a machine
@@ -101,18 +100,15 @@ _DROPPED_LINES = (
     r"Failed to kill actor \w+, return status: Invalid: KillActor RPC failed for actor \w+: "
     r"RpcError: RPC error: Socket closed",
 )
-
-
-# Lines that Ray's C++ core worker in the driver writes straight to its standard error, which
-# the driver drops when quiet (`quiet_native_stderr`).
-_DROPPED_NATIVE_LINES = (
-    # Ray Data hands every actor of a pool its DataContext and map function by object ref
-    # (ray-project/ray#57733), and starts pool actors restartable, so Ray core logs this
-    # ERROR when evaluation and prediction start their model actors. The refs belong to the
-    # driver, which runs the dataset until the last image is done, so a restart within the
-    # run finds them; the model's own weights (ray.put) are held by the driver just as long.
-    r"Actor with class name: 'MapWorker\(MapBatches\((?:SplitCounter|MaskWriter)\)\)' and "
-    r"ID: '\w+' has constructor arguments in the object store and max_restarts > 0",
+# Ray Data's notices that the driver drops unless --verbose. Ray Data logs them at INFO to a
+# console handler of its own in every process that runs a dataset (the split coordinators that
+# stream to training workers among them), whatever the `ray` logger's level.
+ROUTINE_LINES_TO_DROP = (
+    # The end of each execution: every epoch and validation pass of a training run.
+    r"Dataset \S+ execution finished in [\d.]+ seconds",
+    # Said once in each process when its bars are off; here they are off on purpose (the
+    # console's own bars replace them), and --verbose turns them back on.
+    r"Progress bars disabled\. To enable, set `ray\.data\.DataContext",
 )
 
 
@@ -131,11 +127,7 @@ def variables_for_workers(environment: Mapping[str, str]) -> dict[str, str]:
     if verbose(environment):
         settings[VERBOSE_VARIABLE] = "1"
     else:
-        settings |= {
-            _DATA_LOG_LEVEL_VARIABLE: QUIET_LEVEL,
-            _DATA_PROGRESS_VARIABLE: "1",
-            _MLFLOW_LOG_LEVEL_VARIABLE: QUIET_LEVEL,
-        }
+        settings |= {_DATA_PROGRESS_VARIABLE: "1", _MLFLOW_LOG_LEVEL_VARIABLE: QUIET_LEVEL}
     own = {name: environment[name] for name in _WORKER_VARIABLES if name in environment}
     return settings | own
 
@@ -166,44 +158,34 @@ def quiet_this_process() -> None:
     # Tune's newer console prints its experiment box and paths even when told to be silent
     # (verbose=0); its older one is silent then, and the search prints its own lines.
     os.environ.setdefault(_TUNE_NEW_OUTPUT_VARIABLE, "0")
-    logging.getLogger(_AUTH_NOTICE_LOGGER).setLevel(logging.ERROR)
     # Datasets copy the current context when they are made, and Ray Train hands the driver's
     # to its workers and its dataset coordinators.
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    # Ray Data's own notice in this process (evaluation runs Ray Data on the driver).
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    _drop_forwarded_lines(_DROPPED_LINES)
 
 
-def quiet_native_stderr() -> contextlib.AbstractContextManager:
-    """A context in which, when quiet, the lines of `_DROPPED_NATIVE_LINES` that native code in
-    this process writes to its standard error are dropped (`stderr_filter.filtered_stderr`)."""
-    if verbose():
-        return contextlib.nullcontext()
-    from pipeline.train.stderr_filter import filtered_stderr
+def settings_before_ray_import(verbose: bool, environment: Mapping[str, str]) -> dict[str, str]:
+    """The Ray variables a job sets before Ray is imported, for a process with `environment`:
+    `RAY_DEDUP_LOGS_SKIP_REGEX` skipping `FORWARDED_LINES_TO_DROP`, and unless `verbose` also
+    `ROUTINE_LINES_TO_DROP` (beside any pattern the user set there), and `RAY_AUTH_MODE=token`
+    (token authentication, Ray's default, without its notice) unless the user set a mode."""
+    dropped = FORWARDED_LINES_TO_DROP + (() if verbose else ROUTINE_LINES_TO_DROP)
+    ours = "|".join(f"(?:{pattern})" for pattern in dropped)
+    users = environment.get(_SKIP_LINES_VARIABLE)
+    skip = ours if users is None or ours in users else f"(?:{users})|{ours}"
+    return {
+        _SKIP_LINES_VARIABLE: skip,
+        _AUTH_MODE_VARIABLE: environment.get(_AUTH_MODE_VARIABLE, "token"),
+    }
 
-    return filtered_stderr("|".join(f"(?:{pattern})" for pattern in _DROPPED_NATIVE_LINES))
 
-
-def _drop_forwarded_lines(patterns: Sequence[str]) -> None:
-    """Drop lines of Ray's worker output that match `patterns` before the driver prints them.
-
-    Ray's documented switch for this is RAY_DEDUP_LOGS_SKIP_REGEX, read once when Ray is
-    imported; the jobs import Ray before they parse their options, so the same setting is
-    made on Ray's line deduplicators (`ray._private.ray_logging`, checked against Ray 2.60.0
-    by tests/test_ray_internals.py), keeping any pattern the user set.
-    """
-    from ray._private import ray_logging
-
-    for deduplicator in (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator):
-        current = deduplicator.skip_re.pattern if deduplicator.skip_re else None
-        wanted = "|".join(f"(?:{pattern})" for pattern in patterns)
-        if current is None:
-            deduplicator.skip_re = re.compile(wanted)
-        elif wanted not in current:
-            deduplicator.skip_re = re.compile(f"(?:{current})|{wanted}")
+def set_before_ray_import(verbose: bool) -> None:
+    """Put `settings_before_ray_import` into this process's environment. Ray reads them when it
+    is imported, so in a process that has imported it already (a test session) this does
+    nothing: a process and the Ray instance it starts must agree on them."""
+    if "ray" not in sys.modules:
+        os.environ.update(settings_before_ray_import(verbose, os.environ))
 
 
 def quiet_training_worker() -> None:
@@ -233,16 +215,47 @@ class _NoBar:
         pass
 
 
-def epoch_bar(shown: bool, epoch: int, total_epochs: int, iterations: int) -> Any:
-    """A progress bar over one epoch's iterations, drawn on the driver's console
-    (`ray.experimental.tqdm_ray`: the worker prints its state at most once a second, the
-    driver redraws the bar); one that draws nothing unless `shown` (rank 0 only). `update(n)`
-    after each step, `close()` at the end of the epoch."""
-    if not shown:
+class _TenthsOfAnEpoch:
+    """Progress as plain lines, one when each tenth of the epoch is done (the last tenth is
+    the epoch's own line): for a console that is a file or a pipe, which a redrawn bar would
+    fill with every redraw."""
+
+    def __init__(self, description: str, total: int) -> None:
+        self._description = description
+        self._total = max(total, 1)
+        self._done = 0
+        self._tenths_shown = 0
+        self._started = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self._done += n
+        tenths = min(10 * self._done // self._total, 9)
+        if tenths > self._tenths_shown:
+            self._tenths_shown = tenths
+            rate = self._done / max(time.monotonic() - self._started, 1e-9)
+            print(
+                f"{self._description}  {10 * tenths}%  {self._done}/{self._total} it  "
+                f"{rate:.3g} it/s",
+                flush=True,
+            )
+
+    def close(self) -> None:
+        pass
+
+
+def epoch_bar(mode: ConsoleMode, epoch: int, total_epochs: int, iterations: int) -> Any:
+    """Progress over one epoch's iterations, shown on the driver's console as `mode` says:
+    "bar", a live bar (`ray.experimental.tqdm_ray`: the worker sends its state at most once a
+    second, the driver redraws it); "lines", a plain line per tenth of the epoch; "off",
+    nothing. `update(n)` after each step, `close()` at the end of the epoch."""
+    description = f"epoch {epoch}/{total_epochs}"
+    if mode == "off":
         return _NoBar()
+    if mode == "lines":
+        return _TenthsOfAnEpoch(description, iterations)
     from ray.experimental.tqdm_ray import tqdm
 
-    bar = tqdm(desc=f"epoch {epoch}/{total_epochs}", total=iterations, unit="it")
+    bar = tqdm(desc=description, total=iterations, unit="it")
     # Drawn at once, while the epoch's first batch is on its way (Ray Data starts the data
     # set's execution anew every epoch); its later states follow at most once a second.
     bar.refresh()

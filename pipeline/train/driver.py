@@ -9,14 +9,15 @@ storage path); a new name starts from scratch.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig, UserCallback
-from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+from ray.train import CheckpointConfig, ControllerError, RunConfig, ScalingConfig, UserCallback
 
 from pipeline.config.schema import (
     ConfigError,
@@ -29,6 +30,7 @@ from pipeline.data.builtin import TrainingData, load_training_data
 from pipeline.data.ingest import data_config, training_datasets
 from pipeline.data.majority_baseline import class_pixel_counts, majority_class_miou
 from pipeline.data.shards import Manifest, manifest_digest
+from pipeline.errors import UserError
 from pipeline.tracking.tags import (
     DATA_MANIFEST_TAG,
     GIT_COMMIT_TAG,
@@ -37,24 +39,28 @@ from pipeline.tracking.tags import (
 )
 from pipeline.train import console, startup
 from pipeline.train.connection import connect
-from pipeline.train.entry import train_loop_per_worker
-from pipeline.train.failures import NonFiniteLossError, failure_config, workers_not_placed
+from pipeline.train.epoch_logging import EpochsToMlflow, log_checkpoint_history
+from pipeline.train.failures import (
+    WORKER_GROUP_START_TIMEOUT_ENV,
+    NonFiniteLossError,
+    failure_config,
+    workers_not_placed,
+)
 from pipeline.train.hooks import TrainingHook, hooks_from_environment
-from pipeline.train.process_group import TorchProcessGroupConfig
 from pipeline.train.run_folder import (
     SCORE_METRIC,
     best_checkpoint,
     completed_summary,
     is_reported_number,
-    last_completed_epoch,
     latest_checkpoint,
+    latest_progress,
     run_folder,
     storage_root,
     stored_config,
     write_complete_marker,
     write_config_once,
 )
-from pipeline.train.settings import NONFINITE_STATUS, LoopSettings, RunDescription
+from pipeline.train.settings import NONFINITE_STATUS, ConsoleMode, LoopSettings, RunDescription
 from pipeline.train.state import read_progress
 
 
@@ -151,7 +157,8 @@ def fit_run(
     `data` is the data set already loaded and verified by the caller (loaded here when None).
     `hooks` run inside every worker's loop (see `pipeline.train.hooks`), after any named by
     the `APCNET_TRAINING_HOOKS` environment variable. `on_start` as in `train`. With
-    `show_console` rank 0 prints the placement, a bar and a line per epoch (not in a trial).
+    `show_console` rank 0 prints the placement, the epoch's progress (a live bar when this
+    process's stdout is a terminal, else a line per tenth of an epoch) and a line per epoch.
     `process_started_unix_s`, the job's process start, opens the start-up timeline.
 
     Raises NonFiniteLossError when the loss became NaN/inf (no restart; the last good
@@ -160,32 +167,46 @@ def fit_run(
     """
     connect()
     marks = {"driver_process": process_started_unix_s, "ray_connected": startup.now()}
-    startup.apply_ray_train_settings()
-    startup.start_autoscaling_coordinator()
     storage = storage_root(config, storage_path)
     folder = run_folder(run_name, storage)
     data = data or load_training_data(config.data)
     manifest = data.manifest
     hooks = (*hooks_from_environment(), *hooks)
-    settings = _loop_settings(config, run_name, folder, data, hooks, show_console)
+    console_mode: ConsoleMode = (
+        "off" if not show_console else "bar" if sys.stdout.isatty() else "lines"
+    )
+    settings = _loop_settings(config, run_name, folder, data, hooks, console_mode)
     write_config_once(folder, config_to_yaml(config))
-    resumed_after = last_completed_epoch(run_name, storage)
+    resumed = latest_progress(run_name, storage)
+    resumed_after = resumed.epoch if resumed is not None else 0
     if on_start is not None:
         on_start(console.run_start(config, data, settings, resumed_after))
     # Before the MLflow run opens, so that a shard Ray Data cannot plan leaves no run behind.
     datasets = training_datasets(config.data, manifest, resumed_after)
     tracker = None
+    callbacks = list(extra_callbacks)
     if config.tracking.enabled:
         tracker = _open_driver_tracker(config, run_name, settings, mlflow_parent_run_id, manifest)
+        if resumed is not None:
+            log_checkpoint_history(tracker, resumed.history)
+        # First: a Tune scheduler that stops the trial on this epoch finds it in MLflow.
+        epochs = EpochsToMlflow(
+            tracker.run_id, settings.tracking_uri, config.tracking.outage_wait_s
+        )
+        callbacks.insert(0, epochs)
+    # Imported here: they bring torch, which a job needs only once training starts.
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipeline.train.worker import train_loop_per_worker
+
+    # How long a worker group may wait for room after a node is lost (pipeline.train.failures).
+    os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = str(config.scaling.node_wait_s)
     marks["fit_called"] = startup.now()
-    # Ray's TorchTrainer is this trainer with Ray's TorchConfig, whose module imports torch (in
-    # this driver too, about 1.2 s before the first step); this project's backend config forms
-    # the same process group without torch in the controller and after the workers asked for
-    # their data (pipeline.train.process_group).
-    trainer = DataParallelTrainer(
+    trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"settings": settings, "startup_marks": marks},
-        backend_config=TorchProcessGroupConfig.of(config.scaling),
+        # Ray forms torch's process group: gloo on CPU workers, NCCL on GPU workers.
+        torch_config=TorchConfig(timeout_s=config.scaling.process_group_timeout_s),
         scaling_config=ScalingConfig(
             num_workers=config.scaling.num_workers,
             use_gpu=config.scaling.use_gpu,
@@ -201,7 +222,7 @@ def fit_run(
                 checkpoint_score_attribute=SCORE_METRIC,
                 checkpoint_score_order="max",
             ),
-            callbacks=list(extra_callbacks),
+            callbacks=callbacks,
             logging_config=console.train_logging_config(),
         ),
         datasets=datasets,
@@ -217,11 +238,14 @@ def fit_run(
         explained = workers_not_placed(error, run_name, config.scaling)
         if explained is not None:
             raise explained from error
+        if isinstance(error, ControllerError) and isinstance(error.controller_failure, UserError):
+            raise error.controller_failure from error  # e.g. MLflow unreachable for too long
         raise
     final = dict(result.metrics or {})
     returned = result.return_value or {}
     if returned.get("status") == NONFINITE_STATUS:
         if tracker is not None:
+            tracker.log_metrics({"nonfinite_loss": 1}, step=returned["epoch"])
             tracker.set_tags({RUN_OUTCOME_TAG: NONFINITE_STATUS})
             tracker.set_terminated("FAILED")
         latest = _try(latest_checkpoint, run_name, storage)
@@ -259,7 +283,7 @@ def _loop_settings(
     folder: str,
     data: TrainingData,
     hooks: tuple[TrainingHook, ...],
-    console_shown: bool,
+    console_mode: ConsoleMode,
 ) -> LoopSettings:
     manifest, data_path = data.manifest, data.path
     workers = config.scaling.num_workers
@@ -304,7 +328,7 @@ def _loop_settings(
         experiment_name=experiment,
         tracking_tags={GIT_COMMIT_TAG: git_commit()},
         hooks=hooks,
-        console=console_shown,
+        console=console_mode,
     )
 
 

@@ -45,8 +45,9 @@ class TrainingHook:
         """May replace this worker's loss of the step (before the loss is checked and used)."""
         return loss
 
-    def epoch_logged(self, position: LoopPosition) -> None:
-        """After the epoch's metrics reached MLflow, before its checkpoint is reported."""
+    def before_report(self, position: LoopPosition) -> None:
+        """After the epoch's training and validation, before it is reported with its
+        checkpoint (and so before MLflow has it)."""
 
 
 def hooks_from_environment() -> tuple[TrainingHook, ...]:

@@ -30,7 +30,7 @@ from pipeline import storage
 from pipeline.config.schema import ExperimentConfig, config_from_dict
 from pipeline.config.typed import load_yaml
 from pipeline.storage import apcnet_home
-from pipeline.train.state import CHECKPOINT_FILE, read_progress
+from pipeline.train.state import CHECKPOINT_FILE, Progress, read_progress
 
 COMPLETE_MARKER = "COMPLETE.json"
 CONFIG_FILE = "config.yaml"
@@ -121,12 +121,13 @@ def latest_checkpoint(run_name: str, storage_path: str | Path | None = None) -> 
     return folder.at(result.checkpoint.path).child(CHECKPOINT_FILE).uri
 
 
-def last_completed_epoch(run_name: str, storage_path: str | Path | None = None) -> int:
-    """The last epoch the run completed: its latest checkpoint's (0 for a new run)."""
+def latest_progress(run_name: str, storage_path: str | Path | None = None) -> Progress | None:
+    """Where the run stands: its latest checkpoint's progress (epoch, history), or None for a
+    run that has none yet."""
     try:
-        return read_progress(latest_checkpoint(run_name, storage_path)).epoch
+        return read_progress(latest_checkpoint(run_name, storage_path))
     except FileNotFoundError:
-        return 0
+        return None
 
 
 def _result(run_name: str, storage_path: str | Path | None) -> tuple[storage.StoragePath, Result]:

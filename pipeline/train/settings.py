@@ -1,23 +1,22 @@
-"""What the driver hands every worker for one run, in a module that does not import torch.
+"""What the driver hands every worker for one run (picklable, computed once by the driver).
 
-Ray Train passes the training function's config to its controller as well as to the workers,
-and the controller unpickles it as it starts, before it asks for the workers' processes. A
-class defined in a module that imports torch would make the controller import torch there
-(about 2 s on the 2-core machine, on the path to the first step), although it never trains.
-So these classes live here, with only the config schema beside them; tests/test_ray_internals.py
-checks that the controller never imports torch.
+Kept free of torch so that the driver, which never trains, does not import it to build them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.config.schema import ExperimentConfig, config_to_dict
 
 if TYPE_CHECKING:
     from pipeline.data.shards import Manifest
     from pipeline.train.hooks import TrainingHook
+
+# How rank 0 shows progress: a live bar (the driver's stdout is a terminal), a plain line per
+# tenth of an epoch (a file or pipe: CI, `ray job logs`), or nothing (a Tune trial).
+ConsoleMode = Literal["bar", "lines", "off"]
 
 # What rank 0's training function returns as its "status" (Result.return_value).
 COMPLETED_STATUS = "completed"
@@ -71,8 +70,8 @@ class LoopSettings:
     experiment_name: str | None
     tracking_tags: dict[str, str]
     hooks: tuple[TrainingHook, ...] = ()
-    # Rank 0's console: the placement, a bar and a line per epoch (off in a Tune trial).
-    console: bool = True
+    # Rank 0's console: the placement, the epoch's progress and a line per epoch.
+    console: ConsoleMode = "bar"
 
     def validates_after(self, epoch: int) -> bool:
         return epoch % self.config.evaluation.every_epochs == 0 or epoch == self.total_epochs

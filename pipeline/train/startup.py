@@ -1,12 +1,12 @@
 """Where a run's start-up time goes: wall-clock marks from the driver's start to the first step.
 
 The driver marks its own process start, the moment Ray answered and the moment it handed the
-trainer to Ray; rank 0 marks the start of its training function (its process placed, before
-torch is imported), the model ready (torch imported, the process group formed, the model built),
-the first batch received and the first optimisation step finished. The first epoch of each attempt carries the marks in its metrics
+trainer to Ray; rank 0 marks the start of its training function (its process placed, torch
+imported and the process group formed by Ray Train), the model ready (model, optimizer and any
+checkpoint restored), the first batch received and the first optimisation step finished. The first epoch of each attempt carries the marks in its metrics
 (`startup/<mark>_unix_s`, kept in the checkpoint's history, not sent to MLflow as such) and
 MLflow gets the phase durations (`startup/<phase>_s`). `benchmarks/train.py` adds the time
-from `ray job submit` to the driver's start.
+from the job's launch to the driver's start.
 
 Unix seconds (not a monotonic clock) because the marks come from different processes.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import time
 from itertools import pairwise
-from typing import Any
 
 MARK_PREFIX = "startup/"
 # In order. Each phase runs from the previous mark to its own.
@@ -24,8 +23,8 @@ MARKS = (
     "driver_process",  # the driver's Python process started (job start before it)
     "ray_connected",  # imports done, Ray initialised or joined
     "fit_called",  # data set verified and planned, MLflow run opened, trainer handed to Ray
-    "loop_started",  # Ray Train's controller and worker group up, the training function called
-    "model_ready",  # torch imported, process group formed, model, optimizer, checkpoint restored
+    "loop_started",  # Ray Train's controller, worker group and process group up, loop called
+    "model_ready",  # model, optimizer and checkpoint restored on the worker
     "first_batch",  # Ray Data started executing and streamed the first batch to rank 0
     "first_step",  # the first forward, backward and optimizer step
 )
@@ -33,61 +32,11 @@ MARKS = (
 PHASES = {
     "ray_connected": ("ray", "imports and Ray connection"),
     "fit_called": ("set-up", "run set-up (data set check and plan, MLflow)"),
-    "loop_started": ("workers", "trainer controller and worker group"),
-    "model_ready": ("model", "torch import, process group and model on the worker"),
+    "loop_started": ("workers", "trainer controller, worker group and process group"),
+    "model_ready": ("model", "model, optimizer and checkpoint on the worker"),
     "first_batch": ("first batch", "data set execution start and first batch"),
     "first_step": ("first step", "first training step"),
 }
-
-
-# Ray Train V2's controller acts on its worker group only when it polls it, at least
-# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S apart (2 s by default): placing the group, launching the
-# training function, taking in each `ray.train.report` and seeing the end each wait for the next
-# poll. Half a second keeps that wait short for a run of a few workers; the poll is one
-# small RPC per worker. A value already in the environment wins (a large cluster may want 2 s).
-RAY_TRAIN_SETTINGS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
-
-
-# For a Ray instance that this job starts itself and stops at its end. Ray Train's
-# PreemptionWatcher (an actor process per worker group, about 2 s of CPU to start, beside the
-# model build and the first batch) watches for nodes that Ray drains ahead of a spot
-# reclaim or a scale-down. The one node of such an instance is this machine, drained by
-# nobody, and it ends with the job. On a cluster (`ray job submit`, RAY_ADDRESS) the watcher
-# stays on, as cluster.yaml's spot workers need.
-LOCAL_INSTANCE_SETTINGS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-
-
-def start_autoscaling_coordinator() -> Any:
-    """Start Ray's autoscaling coordinator now, without waiting for it to come up.
-
-    Ray Train's controller, as soon as it starts, registers its workers' resources with this
-    actor (detached and named: one per cluster, also used by Ray Data) and waits for the
-    answer before it places its worker group. Whoever asks first starts the actor's process.
-    Left to the controller, that start lies on the path to the first step: 1.4 s on the 2-core
-    machine. Asked for by the driver as soon as it is connected, the actor comes up while the
-    driver plans the data set and the controller starts. Where it already runs (a cluster's
-    second job) this is a lookup. Returns the actor's handle. Written against Ray 2.60.0;
-    tests/test_ray_internals.py checks that Train's controller finds the actor started here.
-    """
-    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
-        get_or_create_autoscaling_coordinator,
-    )
-
-    return get_or_create_autoscaling_coordinator()
-
-
-def apply_ray_train_settings() -> None:
-    """Set `RAY_TRAIN_SETTINGS` in this driver's environment unless already set; Ray Train
-    forwards `RAY_TRAIN_*` variables to its controller and workers."""
-    for name, value in RAY_TRAIN_SETTINGS.items():
-        os.environ.setdefault(name, value)
-
-
-def apply_local_instance_settings() -> None:
-    """Set `LOCAL_INSTANCE_SETTINGS` unless already set: call when this job starts its own
-    Ray instance."""
-    for name, value in LOCAL_INSTANCE_SETTINGS.items():
-        os.environ.setdefault(name, value)
 
 
 def process_start_unix_s() -> float | None:

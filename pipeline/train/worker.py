@@ -1,15 +1,15 @@
-"""The per-worker training loop that Ray Train runs on every worker.
+"""The per-worker training loop that Ray Train runs on every worker (`train_loop_per_worker`).
 
-One epoch: train on this worker's share of the train split (DDP averages gradients), validate
+Ray's `TorchTrainer` has formed torch's process group (gloo on CPU, NCCL on GPU) and set the
+worker's device before the loop starts. One epoch: train on this worker's share of the train split (DDP averages gradients), validate
 every `evaluation.every_epochs` epochs on this worker's disjoint share of the val split
-(counts summed over workers, so every val sample counts exactly once), log the epoch's metrics
-to MLflow from rank 0, then `ray.train.report` the metrics with a checkpoint. A replayed epoch
-after a restart is logged again and skipped by the tracker, which ignores steps it already
-has, so MLflow holds every epoch exactly once.
+(counts summed over workers, so every val sample counts exactly once), then `ray.train.report`
+the metrics with a checkpoint; Ray Train's controller logs each registered epoch to MLflow
+(`pipeline.train.epoch_logging`), so the workers never talk to MLflow.
 
-A NaN or infinite loss is not a worker failure: all workers agree on it (all-reduce), log
-`nonfinite_loss=1` to MLflow and return that status to the driver without a checkpoint, so Ray
-does not restart anything and the last good checkpoint stays the latest.
+A NaN or infinite loss is not a worker failure: all workers agree on it (all-reduce) and
+return that status to the driver without a checkpoint, so Ray does not restart anything and
+the last good checkpoint stays the latest.
 """
 
 from __future__ import annotations
@@ -17,10 +17,7 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +29,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.data.ingest import VAL_DATASET
+from pipeline.data.ingest import TRAIN_DATASET, VAL_DATASET
 from pipeline.train import startup
 from pipeline.train.batches import TimedBatches, epoch_batches
-from pipeline.train.console import epoch_bar, placement_line
+from pipeline.train.console import epoch_bar, placement_line, quiet_training_worker
+from pipeline.train.epoch_logging import VALIDATED_KEY, WORKER_NODES_KEY
 from pipeline.train.hooks import LoopPosition
 from pipeline.train.model import DeviceFeatures, build_training_state, device_features
-from pipeline.train.process_group import TorchProcessGroupConfig, join_process_group
-from pipeline.train.settings import COMPLETED_STATUS, NONFINITE_STATUS, LoopSettings
+from pipeline.train.run_folder import SCORE_METRIC
+from pipeline.train.settings import (
+    COMPLETED_STATUS,
+    NONFINITE_STATUS,
+    ConsoleMode,
+    LoopSettings,
+)
 from pipeline.train.state import TrainingState, checkpoint_folder_name
 from pipeline.train.step import batch_to_device, forward_loss, optimisation_step
 from pipeline.train.validation import validate
@@ -53,7 +56,7 @@ class Worker:
     world_size: int
     device: torch.device
     features: DeviceFeatures
-    speaks: bool  # the one worker that prints: rank 0, when the run has a console
+    console: ConsoleMode  # "off" on every worker but rank 0
 
     @staticmethod
     def current(settings: LoopSettings) -> Worker:
@@ -62,10 +65,11 @@ class Worker:
         device = ray.train.torch.get_device()
         features = device_features(settings.config.scaling, device, world_size)
         rank = context.get_world_rank()
-        return Worker(rank, world_size, device, features, rank == 0 and settings.console)
+        console = settings.console if rank == 0 else "off"
+        return Worker(rank, world_size, device, features, console)
 
     def say(self, message: str) -> None:
-        if self.speaks:
+        if self.console != "off":
             print(message, file=sys.stdout, flush=True)
 
 
@@ -81,22 +85,20 @@ class EpochResult:
     nonfinite_at_iteration: int | None
 
 
-def run_training(
-    settings: LoopSettings,
-    marks: dict[str, float],
-    train_shard: Any,
-    first_batches: Iterable[Any] | None,
-) -> dict[str, Any]:
-    """The loop of `pipeline.train.entry.train_loop_per_worker`, which has asked for this
-    worker's `train_shard` and started the first epoch's `first_batches`; `marks` are the
-    start-up's so far.
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train's entry point: `train_loop_config={"settings": LoopSettings(...),
+    "startup_marks": {...}}` (the driver's start-up marks so far).
 
     Returns (rank 0's value becomes `Result.return_value`) {"status": "completed"} or
     {"status": "nonfinite_loss", "epoch": e, "global_iteration": i}.
     """
+    marks = {**loop_config.get("startup_marks", {}), "loop_started": startup.now()}
+    quiet_training_worker()
+    settings: LoopSettings = loop_config["settings"]
     worker = Worker.current(settings)
-    join_process_group(TorchProcessGroupConfig.of(settings.config.scaling), worker.device)
-    tracker = _open_tracker(settings, worker, _node_of_each_rank(worker))
+    train_shard = ray.train.get_dataset_shard(TRAIN_DATASET)
+    placement = _node_of_each_rank(worker)
+    worker.say(placement_line(placement))
     state = build_training_state(
         settings.config,
         settings.description,
@@ -114,19 +116,9 @@ def run_training(
     marks["model_ready"] = startup.now()
 
     for epoch in range(state.progress.epoch + 1, settings.total_epochs + 1):
-        result = train_one_epoch(
-            model,
-            state,
-            train_shard,
-            settings,
-            worker,
-            epoch,
-            batches=first_batches,
-            after_first_step=tracker.start_opening if tracker is not None else None,
-        )
-        first_batches = None
+        result = train_one_epoch(model, state, train_shard, settings, worker, epoch)
         if result.nonfinite_at_iteration is not None:
-            return _stop_on_nonfinite_loss(epoch, result.nonfinite_at_iteration, tracker, worker)
+            return _stop_on_nonfinite_loss(epoch, result.nonfinite_at_iteration, worker)
         timeline: dict[str, float] = {}
         if math.isnan(first_step_unix_s) and result.first_step_unix_s is not None:
             # This attempt's first epoch carries the start-up timeline.
@@ -137,15 +129,13 @@ def run_training(
         metrics = _epoch_metrics(epoch, result, state, first_step_unix_s) | timeline
         if settings.validates_after(epoch):
             metrics |= _validate(state.model, settings, worker)
-        if tracker is not None:
-            tracker.log_metrics(_tracked(metrics), step=epoch)
         worker.say(_epoch_line(metrics, settings.total_epochs))
         if (startup_line := startup.startup_line(metrics)) is not None:
             worker.say(startup_line)
         for hook in settings.hooks:
-            hook.epoch_logged(_position(settings, worker, epoch, state.progress.global_iteration))
+            hook.before_report(_position(settings, worker, epoch, state.progress.global_iteration))
         state = state.after_epoch(epoch, result.iterations, metrics)
-        _report_with_checkpoint(metrics, state, settings, worker)
+        _report_with_checkpoint(metrics, state, settings, worker, placement if timeline else None)
         if state.progress.global_iteration >= settings.total_iterations:
             break
     return {"status": COMPLETED_STATUS}
@@ -158,22 +148,17 @@ def train_one_epoch(
     settings: LoopSettings,
     worker: Worker,
     epoch: int,
-    batches: Iterable[Any] | None = None,
-    after_first_step: Callable[[], None] | None = None,
 ) -> EpochResult:
-    """Train over this worker's batches of one epoch (`batches`, default the epoch's
-    `epoch_batches` of `train_shard`); losses are averaged over workers every step. `model` is
-    `state.model`, wrapped in DDP when there are several workers. `after_first_step` is called
-    once the epoch's first optimisation step is done."""
+    """Train over this worker's batches of one epoch of `train_shard`; losses are averaged over
+    workers every step. `model` is `state.model`, wrapped in DDP when there are several
+    workers."""
     config = settings.config
     features = worker.features
     started = time.perf_counter()
     model.train()
     loss_sum, iterations, images_seen, first_step = 0.0, 0, 0, None
-    if batches is None:
-        batches = epoch_batches(train_shard, config, worker.world_size)
-    batches = TimedBatches(batches)
-    bar = epoch_bar(worker.speaks, epoch, settings.total_epochs, settings.iterations_per_epoch)
+    batches = TimedBatches(epoch_batches(train_shard, config, worker.world_size))
+    bar = epoch_bar(worker.console, epoch, settings.total_epochs, settings.iterations_per_epoch)
     for batch in batches:
         iteration = state.progress.global_iteration + iterations + 1
         if iteration > settings.total_iterations:
@@ -200,8 +185,6 @@ def train_one_epoch(
         optimisation_step(state, loss, config.optimization.grad_clip_norm)
         if first_step is None:
             first_step = time.time()
-            if after_first_step is not None:
-                after_first_step()
         loss_sum += global_loss
         iterations += 1
         images_seen += images.shape[0]
@@ -229,7 +212,7 @@ def _epoch_metrics(
         "lr": state.optimizer.param_groups[0]["lr"],
         "images_per_s": result.images / result.seconds,
         "epoch_time_s": result.seconds,
-        # This rank's own wait; the tracker and the console line are rank 0's. A starved other
+        # This rank's own wait; MLflow and the console line get rank 0's. A starved other
         # rank shows up here only as slower steps (rank 0 waits in the all-reduce instead).
         "data_wait_s": result.data_wait_s,
         "data_wait_fraction": result.data_wait_s / result.seconds,
@@ -254,21 +237,27 @@ def _validate(model: nn.Module, settings: LoopSettings, worker: Worker) -> dict[
     )
 
 
-def _stop_on_nonfinite_loss(
-    epoch: int, iteration: int, tracker: Any, worker: Worker
-) -> dict[str, Any]:
-    if tracker is not None:
-        tracker.log_metrics({"nonfinite_loss": 1}, step=epoch)
+def _stop_on_nonfinite_loss(epoch: int, iteration: int, worker: Worker) -> dict[str, Any]:
     worker.say(f"non-finite loss in epoch {epoch} at iteration {iteration}")
     return {"status": NONFINITE_STATUS, "epoch": epoch, "global_iteration": iteration}
 
 
 def _report_with_checkpoint(
-    metrics: dict[str, float], state: TrainingState, settings: LoopSettings, worker: Worker
+    metrics: dict[str, float],
+    state: TrainingState,
+    settings: LoopSettings,
+    worker: Worker,
+    placement: list[str] | None,
 ) -> None:
-    """Report the epoch; rank 0 attaches the checkpoint (the others report metrics only)."""
+    """Report the epoch; rank 0 attaches the checkpoint (the others report metrics only) and,
+    with `placement` (each rank's node), says where the workers run."""
     # Ray ranks checkpoints by val_miou; an epoch without validation ranks lowest (nan).
-    reported = {"val_miou": float("nan"), **metrics}
+    reported: dict[str, Any] = {SCORE_METRIC: float("nan"), **metrics}
+    reported[VALIDATED_KEY] = int(SCORE_METRIC in metrics)
+    if placement is not None:
+        reported[WORKER_NODES_KEY] = ",".join(
+            f"{rank}:{node}" for rank, node in enumerate(placement)
+        )
     name = checkpoint_folder_name(state.progress.epoch)
     if worker.rank != 0:
         ray.train.report(reported, checkpoint=None, checkpoint_dir_name=name)
@@ -308,68 +297,6 @@ def _node_of_each_rank(worker: Worker) -> list[str]:
     nodes: list[Any] = [None] * worker.world_size
     dist.all_gather_object(nodes, node)
     return [str(each) for each in nodes]
-
-
-def _open_tracker(settings: LoopSettings, worker: Worker, nodes: list[str]) -> Any:
-    """Rank 0 says where the workers run and gets its MLflow run, to be opened (None elsewhere)."""
-    if worker.rank != 0:
-        return None
-    placement = ",".join(f"{rank}:{node}" for rank, node in enumerate(nodes))
-    worker.say(placement_line(nodes))
-    if not settings.config.tracking.enabled:
-        return None
-
-    def open_run() -> Any:
-        from pipeline.tracking.retry import RetryPolicy
-        from pipeline.tracking.runs import RunTracker
-        from pipeline.tracking.tags import WORKER_NODES_TAG
-
-        return RunTracker.open(
-            settings.run_name,
-            tracking_uri=settings.tracking_uri,
-            experiment=settings.experiment_name,
-            tags={**settings.tracking_tags, WORKER_NODES_TAG: placement},
-            retry=RetryPolicy(budget_s=settings.config.tracking.outage_wait_s),
-        )
-
-    return _OpeningTracker(open_run)
-
-
-class _OpeningTracker:
-    """An MLflow run opened on a background thread once the training has started. Importing
-    MLflow and finding the run take rank 0 about 1.5 s of CPU; beside the model build they
-    would delay every rank's first step (DDP waits for rank 0), so the loop calls
-    `start_opening` after its first optimisation step. The driver opened the same run before
-    training, so its address is known to work. `log_metrics` waits for the opening (starting
-    it if the loop did not) and raises what it raised."""
-
-    def __init__(self, open_run: Callable[[], Any]) -> None:
-        self._open_run = open_run
-        self._opened: Future[Any] = Future()
-        self._starting = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def start_opening(self) -> None:
-        with self._starting:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._open, daemon=True)
-                self._thread.start()
-
-    def _open(self) -> None:
-        try:
-            self._opened.set_result(self._open_run())
-        except BaseException as error:  # handed to the thread that logs
-            self._opened.set_exception(error)
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.start_opening()
-        self._opened.result().log_metrics(metrics, step=step)
-
-
-def _tracked(metrics: dict[str, float]) -> dict[str, float]:
-    """What goes to MLflow: everything but bookkeeping values, and no nan placeholders."""
-    skipped = {"epoch", "first_step_unix_s"}
-    return {k: v for k, v in metrics.items() if k not in skipped and not startup.is_mark(k)}
 
 
 # The console's epoch line: (metric, format) in order, each shown when the epoch has it.

@@ -16,7 +16,7 @@ each. So a few tiles of ground, like the inside of an object, can belong to any 
 share over the whole image tells which scene it is, and with it the label of every ground and
 object pixel. Pooling evidence over the image is what the paper's pyramid of context
 (scale 1 = the image-wide average) is built for; `benchmarks/ablation.py` measures how much it
-gains over a dilated FCN (README, "Benchmarks").
+gains over a dilated FCN (benchmarks/RESULTS.md, "Ablation").
 
 Generation is deterministic for (seed, split, index): same arguments, same bytes.
 """
