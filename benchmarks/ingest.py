@@ -6,13 +6,13 @@ batches in the consuming process, through:
 - torch.utils.data.DataLoader with W worker processes (the baseline), frozen as it was before
   the ingest shipped uint8: the same decode and augmentation, normalised and padded in the
   DataLoader's workers, float32 sent to the consumer; and
-- `pipeline.data.ingest.train_dataset` under named Ray Data variants (IngestOptions, the consumer's
-  local shuffle buffer, the shards' row-group size, a per-row `map` instead of `map_batches`,
-  Ray Data's per-operator resource reservation, its executor's timing),
-  uint8 blocks normalised by the consumer with the training step's own `batch_to_device`,
+- `pipeline.data.ingest.train_dataset` as training runs it (the default), and a few variants
+  that each change one public setting (bigger decode tasks, an actor pool, Ray Data's
+  per-operator resource reservation off, a per-row `map` instead of `map_batches`), uint8
+  blocks normalised by the consumer with the training step's own `batch_to_device`,
 interleaved in rounds (DataLoader, then every variant, repeated), so a noisy machine slows
 them alike; each variant's ratio is taken against the DataLoader of its own round and the
-median over rounds is reported. Also times the decoders.
+median over rounds is reported.
 
     python benchmarks/ingest.py --num-images 200 --workers 2 --repeats 3 --variants all
 """
@@ -36,7 +36,6 @@ import torch
 from PIL import Image
 
 from pipeline.config.ingest import IngestOptions
-from pipeline.data.executor_timing import LIMITS_REFRESH_S, TASK_WAIT_S, apply_executor_timing
 from pipeline.data.ingest import SAMPLE_COLUMNS, sample_seed, train_dataset
 from pipeline.data.shard_source import read_shards
 from pipeline.data.shard_writer import ShardWriter, write_manifest
@@ -47,7 +46,6 @@ from pipeline.data.transforms import (
     decode_image,
     decode_mask,
     normalize,
-    rescale,
 )
 from pipeline.storage import write_text_atomically
 from pipeline.train.step import batch_to_device
@@ -150,80 +148,23 @@ def measure_dataloader(
 
 @dataclass(frozen=True)
 class Variant:
-    """One Ray Data setting: how train_dataset runs, how it is consumed, how shards are cut."""
+    """One Ray Data setting: how train_dataset runs (IngestOptions), a per-row `map` instead,
+    or Ray Data's per-operator resource reservation (`DataContext`) off."""
 
     ingest: IngestOptions
-    local_shuffle_buffer: int | None = None
-    row_group_rows: int = 64
     per_row_map: bool = False
-    # Ray Data's per-operator resource reservation (DataContext.op_resource_reservation_enabled).
-    # Off, the executor submits every task of the epoch at once and Ray runs them back to back;
-    # measured here only: in training, where Ray Data has one CPU beside the workers, turning it
-    # off delayed every epoch's first blocks (README).
+    # Off, the executor submits every task of an epoch at once.
     operator_reservation: bool = True
-    # The executor's timing (pipeline.data.executor_timing): seconds between its reads of the
-    # cluster's resources (Ray's own 1.0 runs the first second of an epoch one task at a time)
-    # and between its looks at running tasks (Ray's own 0.1 leaves a CPU idle after each task).
-    limits_refresh_s: float = LIMITS_REFRESH_S
-    task_wait_s: float = TASK_WAIT_S
 
 
 VARIANTS: dict[str, Variant] = {
     "default": Variant(IngestOptions()),
+    "64-row decode tasks": Variant(IngestOptions(shuffle_window=64)),
+    "actor pool": Variant(IngestOptions(actors=True, concurrency=2, num_cpus=0.5)),
     "no operator reservation": Variant(IngestOptions(), operator_reservation=False),
-    "Ray's 1 s limits refresh": Variant(IngestOptions(), limits_refresh_s=1.0),
-    "Ray's 0.1 s task wait": Variant(IngestOptions(), task_wait_s=0.1),
-    "Ray's executor timing": Variant(IngestOptions(), limits_refresh_s=1.0, task_wait_s=0.1),
-    "default cpus0.5": Variant(IngestOptions(num_cpus=0.5)),
-    "default prefetch 4": Variant(IngestOptions(prefetch_batches=4)),
-    "cpus0.5 prefetch 4": Variant(IngestOptions(num_cpus=0.5, prefetch_batches=4)),
-    "window16 b8 cpus0.5": Variant(IngestOptions(batch_size=8, shuffle_window=16, num_cpus=0.5)),
-    "window8 b8": Variant(IngestOptions(batch_size=8, shuffle_window=8)),
-    "window32 b16": Variant(IngestOptions(shuffle_window=32, batch_size=16)),
     "per-row map": Variant(IngestOptions(), per_row_map=True),
-    "rows b8 (previous default)": Variant(IngestOptions(shuffle="rows", batch_size=8)),
-    "files b8": Variant(IngestOptions(shuffle="files", batch_size=8)),
-    "files b8 + local buffer 32": Variant(IngestOptions(shuffle="files", batch_size=8), 32),
-    "window64 b8": Variant(IngestOptions(shuffle_window=64, shuffle="window", batch_size=8)),
-    "window64 b8 + local buffer 32": Variant(
-        IngestOptions(shuffle_window=64, shuffle="window", batch_size=8), 32
-    ),
-    "window64 b2": Variant(IngestOptions(shuffle_window=64, shuffle="window", batch_size=2)),
-    "window64 b32 (previous default)": Variant(
-        IngestOptions(shuffle_window=64, shuffle="window", batch_size=32)
-    ),
-    "window64 b32 unsplit reads": Variant(
-        IngestOptions(shuffle_window=64, shuffle="window", batch_size=32, split_reads=False)
-    ),
-    "window16 b8": Variant(IngestOptions(shuffle="window", batch_size=8, shuffle_window=16)),
-    "window64 b8 cpus0.5": Variant(
-        IngestOptions(shuffle_window=64, shuffle="window", batch_size=8, num_cpus=0.5)
-    ),
-    "window64 b8 concurrency2": Variant(
-        IngestOptions(shuffle_window=64, shuffle="window", batch_size=8, concurrency=2)
-    ),
-    "window64 b8 actors2 cpus0.5": Variant(
-        IngestOptions(
-            shuffle_window=64,
-            shuffle="window",
-            batch_size=8,
-            actors=True,
-            concurrency=2,
-            num_cpus=0.5,
-        )
-    ),
-    "window64 b8 unsplit reads": Variant(
-        IngestOptions(shuffle_window=64, shuffle="window", batch_size=8, split_reads=False)
-    ),
-    "files b8 unsplit reads": Variant(
-        IngestOptions(shuffle="files", batch_size=8, split_reads=False)
-    ),
-    "window64 b8 row groups 8": Variant(
-        IngestOptions(shuffle_window=64, shuffle="window", batch_size=8), row_group_rows=8
-    ),
-    "rows b8 row groups 8": Variant(IngestOptions(shuffle="rows", batch_size=8), row_group_rows=8),
 }
-QUICK_VARIANTS = ("default", "Ray's executor timing", "no operator reservation", "per-row map")
+QUICK_VARIANTS = ("default",)
 
 
 def measure_ray(
@@ -243,22 +184,13 @@ def measure_ray(
             manifest, "train", config, seed=0, epoch=epoch, ingest=variant.ingest
         )
     dataset.context.op_resource_reservation_enabled = variant.operator_reservation
-    # The executor runs in this process (iter_torch_batches on the driver), so the process-wide
-    # timing applies to it; set back afterwards for the next variant.
-    apply_executor_timing(variant.limits_refresh_s, variant.task_wait_s)
-    try:
-        start = time.perf_counter()
-        batches = dataset.iter_torch_batches(
-            batch_size=batch_size,
-            prefetch_batches=variant.ingest.prefetch_batches,
-            local_shuffle_buffer_size=variant.local_shuffle_buffer,
-            local_shuffle_seed=epoch if variant.local_shuffle_buffer else None,
-        )
-        cpu = torch.device("cpu")
-        images = sum(batch_to_device(batch, cpu, False, config)[0].shape[0] for batch in batches)
-        return Measurement(name, images, time.perf_counter() - start)
-    finally:
-        apply_executor_timing()
+    start = time.perf_counter()
+    batches = dataset.iter_torch_batches(
+        batch_size=batch_size, prefetch_batches=variant.ingest.prefetch_batches
+    )
+    cpu = torch.device("cpu")
+    images = sum(batch_to_device(batch, cpu, False, config)[0].shape[0] for batch in batches)
+    return Measurement(name, images, time.perf_counter() - start)
 
 
 def per_row_dataset(manifest: Manifest, config: AugmentationConfig, epoch: int):
@@ -273,45 +205,6 @@ def per_row_dataset(manifest: Manifest, config: AugmentationConfig, epoch: int):
         return {"image": image, "mask": mask}
 
     return read_shards(manifest, "train", SAMPLE_COLUMNS, rows_per_block=8).map(augment_row)
-
-
-def measure_decoders(manifest: Manifest, repeats: int = 50) -> dict[str, float]:
-    """Milliseconds per decode of one benchmark row's JPEG: `decode_image` (OpenCV) against
-    torchvision and PIL, and per resize of it to 1.5x its size: `rescale` (OpenCV, the mask
-    by nearest source pixel) against torch's bilinear `interpolate`, threads as in a task."""
-    import torch.nn.functional as F
-    from torchvision import io as torchvision_io
-
-    row = read_shard_rows(manifest.shard_uris("train")[0])[0]
-    encoded = torch.frombuffer(bytearray(row.image), dtype=torch.uint8)
-    image, mask = decode_image(row.image), decode_mask(row.mask)
-    size = (image.shape[0] * 3 // 2, image.shape[1] * 3 // 2)
-    chw = torch.from_numpy(image).permute(2, 0, 1)[None]
-
-    def timed(function) -> float:
-        function()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            function()
-        return (time.perf_counter() - start) / repeats * 1e3
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a Ray Data task holding one CPU
-    try:
-        return {
-            "decode_image ms": timed(lambda: decode_image(row.image)),
-            "torchvision jpeg ms": timed(lambda: torchvision_io.decode_jpeg(encoded)),
-            "PIL jpeg ms": timed(
-                lambda: np.asarray(Image.open(io.BytesIO(row.image)).convert("RGB"))
-            ),
-            "decode_mask (PIL png) ms": timed(lambda: decode_mask(row.mask)),
-            "rescale x1.5 ms": timed(lambda: rescale(image, mask, size)),
-            "torch bilinear x1.5 ms": timed(
-                lambda: F.interpolate(chw, size=size, mode="bilinear", align_corners=False)
-            ),
-        }
-    finally:
-        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -333,7 +226,7 @@ class Summary:
 
 
 def run_rounds(
-    manifests: dict[int, Manifest],
+    manifest: Manifest,
     config: AugmentationConfig,
     names: list[str],
     args: argparse.Namespace,
@@ -341,17 +234,16 @@ def run_rounds(
     """DataLoader then every variant, `args.repeats` times; variant order rotates per round."""
     # One unmeasured epoch first: Ray starts its worker processes (each imports torch) once
     # per cluster, while DataLoader workers fork an already-imported process every epoch.
-    measure_ray(manifests[64], config, "warm-up", VARIANTS["default"], args.batch_size, 1000)
+    measure_ray(manifest, config, "warm-up", VARIANTS["default"], args.batch_size, 1000)
     speeds: dict[str, list[float]] = {name: [] for name in ["DataLoader", *names]}
     ratios: dict[str, list[float]] = {name: [] for name in speeds}
     for round_index in range(args.repeats):
-        baseline = measure_dataloader(manifests[64], config, args.workers, args.batch_size)
+        baseline = measure_dataloader(manifest, config, args.workers, args.batch_size)
         speeds["DataLoader"].append(baseline.images_per_second)
         ratios["DataLoader"].append(1.0)
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             variant = VARIANTS[name]
-            manifest = manifests[variant.row_group_rows]
             result = measure_ray(manifest, config, name, variant, args.batch_size, round_index)
             speeds[name].append(result.images_per_second)
             ratios[name].append(result.images_per_second / baseline.images_per_second)
@@ -392,17 +284,12 @@ def main() -> None:
     config = AugmentationConfig(crop_size=(args.crop, args.crop), base_scale=(2048, 512))
     rng = np.random.default_rng(0)
     rows = [synthetic_row(index, rng) for index in range(args.num_images)]
-    row_group_sizes = {64} | {VARIANTS[name].row_group_rows for name in names}
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as folder:
-        manifests = {
-            size: write_benchmark_shards(Path(folder, f"groups{size}"), rows, size)
-            for size in sorted(row_group_sizes)
-        }
-        decoders = measure_decoders(manifests[64])
+        manifest = write_benchmark_shards(Path(folder), rows, row_group_rows=64)
         ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:
-            summaries = run_rounds(manifests, config, names, args)
+            summaries = run_rounds(manifest, config, names, args)
         finally:
             ray.shutdown()
 
@@ -414,13 +301,10 @@ def main() -> None:
             f"{summary.name:<34} {row['median_images_per_second']:>12.1f} "
             f"{row['median_ratio_to_dataloader']:>12.2f}  {per_round}"
         )
-    for name, milliseconds in decoders.items():
-        print(f"{name:<34} {milliseconds:>8.2f}")
     variants = {name: asdict(VARIANTS[name]) for name in names}
     report = {
         "arguments": vars(args),
         "load_average_after": list(os.getloadavg()),
-        "decoders_ms": decoders,
         "variants": variants,
         "results": [summary.as_json() for summary in summaries],
     }
