@@ -1,5 +1,9 @@
 """Segmentation metrics from summed per-class intersection / union counts (mergeable, reducible).
 
+Every count starts from one confusion matrix (`confusion_matrix`, one bincount per call); the
+per-class intersection, union and label area are read off it (`intersection_union_from_confusion`,
+`intersection_union`).
+
 mIoU is computed the reference way: per-class intersection and union are summed over the whole
 data set first, then IoU_c = sum I_c / sum U_c, and the mean runs over classes whose union is
 non-zero. Per-batch mIoUs are never averaged.
@@ -20,32 +24,70 @@ def _check_label_maps(
         if pred.dim() == target.dim() + 1:
             hint = " (pred looks like logits or probabilities: pass pred.argmax(dim=1))"
         raise ValueError(
-            f"intersection_union: pred shape {tuple(pred.shape)} differs from target shape "
-            f"{tuple(target.shape)}; both must be integer label maps (N, H, W){hint}"
+            f"pred shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}; "
+            f"both must be integer label maps (N, H, W){hint}"
         )
     for name, tensor in (("pred", pred), ("target", target)):
         if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
             raise TypeError(
-                f"intersection_union: {name} must hold integer class indices, got dtype "
-                f"{tensor.dtype}; convert with .argmax(dim=1) or .long()"
+                f"{name} must hold integer class indices, got dtype {tensor.dtype}; "
+                "convert with .argmax(dim=1) or .long()"
             )
     if pred.numel() == 0:
         return
     low, high = (int(value) for value in torch.aminmax(pred))
     if low < 0 or high >= num_classes:
         raise ValueError(
-            f"intersection_union: predictions must lie in [0, {num_classes - 1}] for "
-            f"num_classes={num_classes}; found values from {low} to {high}"
+            f"predictions must lie in [0, {num_classes - 1}] for num_classes={num_classes}; "
+            f"found values from {low} to {high}"
         )
     # Ignored pixels are replaced by class 0 so one aminmax covers the labelled ones.
     labelled_only = torch.where(target == ignore_index, 0, target)
     low, high = (int(value) for value in torch.aminmax(labelled_only))
     if low < 0 or high >= num_classes:
         raise ValueError(
-            f"intersection_union: target labels must lie in [0, {num_classes - 1}] or equal "
-            f"ignore_index={ignore_index}; found values from {low} to {high} (wrong "
-            f"num_classes, or a data set needing label reduction?)"
+            f"target labels must lie in [0, {num_classes - 1}] or equal ignore_index="
+            f"{ignore_index}; found values from {low} to {high} (wrong num_classes, or a data "
+            "set needing label reduction?)"
         )
+
+
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
+    """The confusion matrix of one batch, over pixels whose target is not `ignore_index`.
+
+    Args:
+        pred: integer predicted class indices, shape (N, H, W) (any shape equal to target's).
+        target: integer labels of the same shape; `ignore_index` marks unlabelled pixels.
+        num_classes: number of classes C.
+
+    Returns:
+        An int64 tensor of shape (C, C) on pred's device: entry [t, p] counts the pixels
+        labelled t and predicted p (rows ground truth, columns prediction).
+
+    Raises ValueError or TypeError, naming the problem, when pred and target are not label
+    maps of equal shape with values in range.
+    """
+    _check_label_maps(pred, target, num_classes, ignore_index)
+    # One bincount of a joint (label, prediction) index; ignored pixels go to an extra bin that
+    # is dropped. torch.where avoids boolean indexing, which costs a copy and a device sync
+    # (about 3x slower on CPU for 512x512 batches).
+    joint = target.long() * num_classes + pred.long()
+    joint = torch.where(target == ignore_index, num_classes * num_classes, joint)
+    bins = torch.bincount(joint.flatten(), minlength=num_classes * num_classes + 1)
+    return bins[:-1].reshape(num_classes, num_classes)
+
+
+def intersection_union_from_confusion(
+    confusion: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(intersection, union, label_area), each of shape (C,), from a (C, C) confusion matrix
+    whose rows are ground truth and columns prediction (as `confusion_matrix` returns)."""
+    area_intersection = confusion.diagonal().clone()
+    area_label = confusion.sum(dim=1)
+    area_union = confusion.sum(dim=0) + area_label - area_intersection
+    return area_intersection, area_union, area_label
 
 
 def intersection_union(
@@ -62,18 +104,9 @@ def intersection_union(
         (intersection, union, label_area), each an int64 tensor of shape (C,) on pred's device:
         |pred == c and target == c|, |pred == c or target == c|, |target == c|.
     """
-    _check_label_maps(pred, target, num_classes, ignore_index)
-    # One bincount of a joint (label, prediction) index gives the confusion matrix; ignored
-    # pixels go to an extra bin that is dropped. torch.where avoids boolean indexing, which
-    # costs a copy and a device sync (about 3x slower on CPU for 512x512 batches).
-    joint = target.long() * num_classes + pred.long()
-    joint = torch.where(target == ignore_index, num_classes * num_classes, joint)
-    confusion = torch.bincount(joint.flatten(), minlength=num_classes * num_classes + 1)
-    confusion = confusion[:-1].reshape(num_classes, num_classes)  # rows: label, cols: pred
-    area_intersection = confusion.diagonal().clone()
-    area_label = confusion.sum(dim=1)
-    area_union = confusion.sum(dim=0) + area_label - area_intersection
-    return area_intersection, area_union, area_label
+    return intersection_union_from_confusion(
+        confusion_matrix(pred, target, num_classes, ignore_index)
+    )
 
 
 @dataclass(frozen=True)

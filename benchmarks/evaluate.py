@@ -27,9 +27,9 @@ from apcnet import APCNet
 from pipeline.data.formats.synthetic import write_synthetic
 from pipeline.data.ingest import eval_dataset
 from pipeline.data.shards import load_manifest
+from pipeline.evaluate.actor_pool import plan_actor_pool
 from pipeline.evaluate.counts import count_split_distributed, evaluate_locally
 from pipeline.evaluate.evaluation import read_split_samples
-from pipeline.evaluate.model import plan_actor_pool
 from pipeline.evaluate.testtime import TestTimeOptions
 from pipeline.storage import write_text_atomically
 

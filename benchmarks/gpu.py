@@ -1,6 +1,6 @@
 """GPU check of the real training step: AMP x channels_last, NCCL + DDP + SyncBatchNorm, bf16 eval.
 
-Runs the code a training worker runs (`pipeline.train.model` to build, `pipeline.train.step`
+Runs the code a training worker runs (`pipeline.train.state` to build, `pipeline.train.step`
 for each step, `pipeline.train.validation.validate`) on random normalised images, without Ray
 or MLflow, so it runs on a bare GPU machine. Three parts:
 
@@ -40,14 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config.schema import ExperimentConfig, config_to_dict
 from pipeline.storage import write_text_atomically
-from pipeline.train.model import (
-    DeviceFeatures,
-    build_training_model,
-    build_training_state,
-    device_features,
-)
-from pipeline.train.settings import RunDescription
-from pipeline.train.state import TrainingState
+from pipeline.train.device import DeviceFeatures, device_features
+from pipeline.train.settings import CheckpointMetadata
+from pipeline.train.state import TrainingState, build_training_model, build_training_state
 from pipeline.train.step import batch_to_device, forward_loss, optimisation_step
 from pipeline.train.validation import validate
 
@@ -137,9 +132,9 @@ def experiment_config(
     )
 
 
-def run_description(config: ExperimentConfig, num_classes: int) -> RunDescription:
+def run_description(config: ExperimentConfig, num_classes: int) -> CheckpointMetadata:
     augmentation = config.data.augmentation
-    return RunDescription(
+    return CheckpointMetadata(
         run_name="gpu-check",
         class_names=tuple(f"class_{index}" for index in range(num_classes)),
         palette=tuple((index, index, index) for index in range(num_classes)),

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config.schema import ExperimentConfig, config_to_yaml, load_config
-from pipeline.data.builtin import data_set_path
+from pipeline.data.training_data import data_set_path
 from pipeline.storage import write_text_atomically
 from pipeline.train import startup
 from pipeline.train.run_folder import latest_checkpoint

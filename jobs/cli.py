@@ -8,7 +8,7 @@ Every job ends with `sys.exit(run_job(main))`. A mistake the user can fix (a
 
 The console shows the job's own lines (a header, progress bars, results) and Ray's warnings
 and errors; `--verbose` brings back Ray's own INFO logs and progress bars, in the driver and
-in every Ray process of the job (`pipeline.train.console`).
+in every Ray process of the job (`pipeline.console.logs`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.errors import UserError
-from pipeline.train.console import (  # imports no Ray: options stay fast
+from pipeline.console.logs import (  # imports no Ray: options stay fast
     VERBOSE_VARIABLE,
     set_before_ray_import,
 )
+from pipeline.errors import UserError
 
 if TYPE_CHECKING:
     from pipeline.evaluate.testtime import TestTimeOptions

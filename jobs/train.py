@@ -29,10 +29,10 @@ import traceback
 
 from jobs.cli import add_config_arguments, add_register_argument, job_parser, run_job
 from pipeline.config.schema import ExperimentConfig, load_config
+from pipeline.console.header import RunStart, labelled
 from pipeline.evaluate.registry import RegistrationRequest, model_to_register, register_run
 from pipeline.tracking.runs import ui_command
-from pipeline.train.console import RunStart, labelled
-from pipeline.train.driver import TrainOutcome, train
+from pipeline.train.driver import TrainOutcome, train_or_resume
 from pipeline.train.run_folder import default_run_name, storage_root, stored_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "synthetic.yaml"
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         # Naming an existing run alone resumes it with the config it was started with.
         config = stored_config(run_name, storage_root(config)) or config
     model_name = model_to_register(config, args.register)  # before training, not after
-    outcome = train(config, run_name, on_start=print_header)
+    outcome = train_or_resume(config, run_name, on_start=print_header)
     print_summary(outcome)
     if outcome.status == "finished":  # a complete run named again got its picture back then
         print_picture(outcome, config, args.debug)

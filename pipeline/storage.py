@@ -1,5 +1,6 @@
-"""Where files live: the project's home folder, and one way to address a local path or an
-s3:// / gs:// URI (through pyarrow.fs), with the one atomic-write rule every writer follows.
+"""Where files live: the project's home folder, the names of a training run's checkpoints
+(`epoch_NNNN/checkpoint.pt`), and one way to address a local path or an s3:// / gs:// URI
+(through pyarrow.fs), with the one atomic-write rule every writer follows.
 
 Atomic writes: locally a temporary sibling is written, fsynced and renamed over the final
 name, so a crash never leaves a half file under it. Object stores have no rename, but a single
@@ -22,6 +23,11 @@ import pyarrow.fs as pafs
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
 HOME_ENV = "APCNET_HOME"
+# Where a training run's checkpoints live in its run folder, as Ray Train keeps them:
+# `<run folder>/epoch_NNNN/checkpoint.pt`. Named here, below both the training that writes them
+# and the evaluation that reads them, so that neither imports the other (nor torch) for a name.
+CHECKPOINT_FOLDER_PREFIX = "epoch_"
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def apcnet_home() -> Path:

@@ -28,7 +28,7 @@ from local_cluster_fixture import LocalCluster, local_cluster_fixture  # noqa: F
 from pipeline.data.shards import DatasetError, load_manifest
 from pipeline.evaluate.counts import evaluate_locally
 from pipeline.evaluate.evaluation import read_split_samples
-from pipeline.evaluate.model import load_project_checkpoint
+from pipeline.evaluate.inference_model import load_project_checkpoint
 from pipeline.evaluate.testtime import TestTimeOptions
 from pipeline.train.run_folder import latest_checkpoint
 

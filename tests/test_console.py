@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.train import console as console_settings
+from pipeline.console import header, logs
 from pipeline.train.connection import variables_for_workers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -208,7 +208,7 @@ PREEMPTION_WATCHER_LINE = (
 
 
 def test_the_preemption_watcher_false_alarm_is_dropped_and_other_actors_lines_are_not():
-    patterns = [re.compile(pattern) for pattern in console_settings.FORWARDED_LINES_TO_DROP]
+    patterns = [re.compile(pattern) for pattern in logs.FORWARDED_LINES_TO_DROP]
     assert any(pattern.search(PREEMPTION_WATCHER_LINE) for pattern in patterns)
     other_actor = PREEMPTION_WATCHER_LINE.replace("PreemptionWatcher", "MapWorker(MapBatches)")
     assert not any(pattern.search(other_actor) for pattern in patterns)
@@ -224,7 +224,7 @@ GCS_KILL_LINE = (
 
 
 def test_the_gcs_kill_of_an_exited_actor_is_dropped_and_other_kill_failures_are_not():
-    patterns = [re.compile(pattern) for pattern in console_settings.FORWARDED_LINES_TO_DROP]
+    patterns = [re.compile(pattern) for pattern in logs.FORWARDED_LINES_TO_DROP]
     assert any(pattern.search(GCS_KILL_LINE) for pattern in patterns)
     other_failure = GCS_KILL_LINE.replace("Socket closed", "Deadline Exceeded")
     assert not any(pattern.search(other_failure) for pattern in patterns)
@@ -248,7 +248,7 @@ def test_verbose_workers_keep_rays_logs_and_a_users_own_setting_wins():
 
 
 def test_rays_line_filter_keeps_a_users_own_pattern_and_drops_routine_lines_unless_verbose():
-    quiet = console_settings.settings_before_ray_import(
+    quiet = logs.settings_before_ray_import(
         verbose=False, environment={"RAY_DEDUP_LOGS_SKIP_REGEX": "my noise"}
     )
     skip = re.compile(quiet["RAY_DEDUP_LOGS_SKIP_REGEX"])
@@ -256,7 +256,7 @@ def test_rays_line_filter_keeps_a_users_own_pattern_and_drops_routine_lines_unle
     assert skip.search("✔️  Dataset train_0 execution finished in 2.22 seconds")
     assert not skip.search("epoch 1/2  train_loss=2.776")
     assert quiet["RAY_AUTH_MODE"] == "token"
-    verbose = console_settings.settings_before_ray_import(
+    verbose = logs.settings_before_ray_import(
         verbose=True, environment={"RAY_AUTH_MODE": "disabled"}
     )
     skip = re.compile(verbose["RAY_DEDUP_LOGS_SKIP_REGEX"])
@@ -266,7 +266,7 @@ def test_rays_line_filter_keeps_a_users_own_pattern_and_drops_routine_lines_unle
 
 
 def test_the_placement_line_groups_ranks_by_node():
-    line = console_settings.placement_line(["a" * 56, "b" * 56, "a" * 56])
+    line = header.placement_line(["a" * 56, "b" * 56, "a" * 56])
     assert line == "placed    3 workers on 2 nodes: aaaaaaaa (ranks 0, 2), bbbbbbbb (rank 1)"
 
 

@@ -23,7 +23,7 @@ from pipeline.evaluate.evaluation import (
     load_evaluation_model,
     read_split_samples,
 )
-from pipeline.evaluate.model import InferenceError, load_project_checkpoint
+from pipeline.evaluate.inference_model import InferenceError, load_project_checkpoint
 from pipeline.evaluate.testtime import TestTimeOptions
 from pipeline.tracking.runs import RunTracker
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from apcnet.metrics import MeanIoU, SegmentationScores, intersection_union
+from apcnet.metrics import MeanIoU, SegmentationScores, confusion_matrix, intersection_union
 
 # A hand-checked 3-class example (one image, 2 x 4 pixels, one ignored pixel):
 #   target  0 0 1 1      pred  0 1 1 1
@@ -180,6 +180,18 @@ def test_intersection_union_agrees_with_per_class_boolean_counting():
         assert intersection[c] == (predicted & actual).sum()
         assert union[c] == (predicted | actual).sum()
         assert label_area[c] == actual.sum()
+
+
+def test_confusion_matrix_counts_each_labelled_pixel_at_its_label_row_and_prediction_column():
+    pred, target = _random_batch(seed=7, classes=4)
+    expected = torch.zeros(4, 4, dtype=torch.int64)
+    for label, predicted in zip(target.flatten().tolist(), pred.flatten().tolist(), strict=True):
+        if label != 255:
+            expected[label, predicted] += 1
+    confusion = confusion_matrix(pred, target, 4, 255)
+    assert confusion.dtype == torch.int64
+    assert torch.equal(confusion, expected)
+    assert confusion.sum() == (target != 255).sum() > 0
 
 
 def test_uint8_label_maps_are_accepted():

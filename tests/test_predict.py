@@ -14,7 +14,8 @@ from apcnet import APCNet
 from apcnet.checkpoint import save_checkpoint
 from pipeline.data.shard_writer import ShardWriter, write_manifest
 from pipeline.data.shards import FORMAT_VERSION, Manifest, ShardRow
-from pipeline.evaluate.model import InferenceError, plan_actor_pool
+from pipeline.evaluate.actor_pool import plan_actor_pool
+from pipeline.evaluate.inference_model import InferenceError
 from pipeline.evaluate.pictures import (
     IGNORE_COLOUR,
     colourise,

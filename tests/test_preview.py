@@ -19,16 +19,16 @@ from pipeline.data.formats.synthetic import write_synthetic
 from pipeline.data.shard_writer import write_manifest
 from pipeline.data.shards import SplitInfo, load_manifest
 from pipeline.evaluate.evaluation import prediction_grid
-from pipeline.evaluate.model import load_project_checkpoint
+from pipeline.evaluate.inference_model import load_project_checkpoint
 from pipeline.evaluate.pictures import COLUMN_TITLES
 from pipeline.evaluate.preview import DEFAULT_PREVIEW_SAMPLES, write_training_preview
 from pipeline.evaluate.testtime import TestTimeOptions
 from pipeline.tracking.runs import RunTracker
+from pipeline.train.device import device_features
 from pipeline.train.driver import TrainOutcome
-from pipeline.train.model import build_training_state, device_features
 from pipeline.train.run_folder import PREVIEW_FILE, run_folder
-from pipeline.train.settings import RunDescription
-from pipeline.train.state import checkpoint_folder_name
+from pipeline.train.settings import CheckpointMetadata
+from pipeline.train.state import build_training_state, checkpoint_folder_name
 
 NUM_VAL = 6  # more than the picture shows: it takes the first DEFAULT_PREVIEW_SAMPLES
 TILE_HEIGHT = 160  # sample_grid's defaults: 32 px images become 160 px square tiles
@@ -43,7 +43,7 @@ class TrainedRun(NamedTuple):
 def write_checkpoint(config: ExperimentConfig, run_name: str, manifest_file: str) -> str:
     """`<run folder>/epoch_0001/checkpoint.pt`, saved the way a training worker saves it."""
     manifest = load_manifest(manifest_file, verify=False)
-    description = RunDescription.of_run(run_name, config, manifest, manifest_file)
+    description = CheckpointMetadata.of_run(run_name, config, manifest, manifest_file)
     device = torch.device("cpu")
     state = build_training_state(
         config,

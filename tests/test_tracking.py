@@ -21,7 +21,6 @@ import pytest
 from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
 
-from pipeline.tracking.provenance import git_commit
 from pipeline.tracking.retry import (
     DEFAULT_POLICY,
     HTTP_SETTINGS,
@@ -36,6 +35,7 @@ from pipeline.tracking.runs import (
     RunTracker,
     child_runs,
     find_run,
+    git_commit,
     resolve_tracking,
     sanitize_key,
 )

@@ -13,12 +13,12 @@ from training_helpers import metric_steps, tiny_config
 from apcnet.checkpoint import load_checkpoint
 from pipeline.config.schema import ConfigError, ExperimentConfig, config_to_yaml, load_config
 from pipeline.data import shards
-from pipeline.data.builtin import data_set_path
 from pipeline.data.formats import synthetic
 from pipeline.data.majority_baseline import majority_class_miou
 from pipeline.data.shards import load_manifest
-from pipeline.evaluate.model import load_project_checkpoint
-from pipeline.train.driver import TrainOutcome, train
+from pipeline.data.training_data import data_set_path
+from pipeline.evaluate.inference_model import load_project_checkpoint
+from pipeline.train.driver import TrainOutcome, train_or_resume
 from pipeline.train.run_folder import (
     CONFIG_FILE,
     best_checkpoint,
@@ -57,7 +57,7 @@ def finished_run(ray_session, tmp_path_factory) -> FinishedRun:
             "_verify_shard",
             lambda root, shard: hashed.append(shard.path) or verify_shard(root, shard),
         )
-        outcome = train(config, "tiny")
+        outcome = train_or_resume(config, "tiny")
     return FinishedRun(config, outcome, root, hashed)
 
 
@@ -144,7 +144,7 @@ def test_the_resolved_config_is_stored_with_the_run(finished_run):
 
 @pytest.mark.slow
 def test_a_finished_run_named_again_is_reported_complete(finished_run):
-    again = train(finished_run.config, "tiny")
+    again = train_or_resume(finished_run.config, "tiny")
     assert again.status == "already_complete"
     assert again.best_val_miou == pytest.approx(finished_run.outcome.best_val_miou)
 
@@ -155,7 +155,7 @@ def test_an_existing_run_named_with_another_config_is_refused(tmp_path):
     folder.mkdir(parents=True)
     (folder / CONFIG_FILE).write_text(config_to_yaml(started_with))
     with pytest.raises(ConfigError, match=r"changed: optimization\.lr\)"):
-        train(tiny_config(tmp_path, "optimization.lr=0.5"), "started")
+        train_or_resume(tiny_config(tmp_path, "optimization.lr=0.5"), "started")
 
 
 def test_a_default_run_name_is_config_stem_and_timestamp():

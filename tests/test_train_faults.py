@@ -17,7 +17,7 @@ from training_faults import NanLossAt, kill_marker
 from training_helpers import metric_steps, tiny_config
 
 from pipeline.config.schema import config_to_yaml
-from pipeline.train.driver import train
+from pipeline.train.driver import train_or_resume
 from pipeline.train.failures import NonFiniteLossError
 from pipeline.train.hooks import HOOKS_ENV
 from pipeline.train.run_folder import latest_checkpoint
@@ -55,7 +55,7 @@ def test_a_nan_loss_stops_training_with_a_clear_error_and_no_restart(ray_session
     config = tiny_config(tmp_path)
     started = time.perf_counter()
     with pytest.raises(NonFiniteLossError, match=r"epoch 2 at global iteration 3"):
-        train(config, "nan-loss", hooks=[NanLossAt(iteration=3)])
+        train_or_resume(config, "nan-loss", hooks=[NanLossAt(iteration=3)])
     latest = latest_checkpoint("nan-loss", tmp_path / "runs")
     assert read_progress(latest).epoch == 1, "the last good checkpoint is kept"
     assert metric_steps(config, "nan-loss", "train_loss") == [1]

@@ -13,7 +13,7 @@ Public names:
 - `ingest`: Ray Data datasets for Ray Train; `training_datasets`, `train_dataset`,
   `eval_dataset`, `data_config`.
 - `majority_baseline`: `class_pixel_counts`, `majority_class_miou`.
-- `builtin`: the data set a config trains on, the synthetic one generated on first use;
+- `training_data`: the data set a config trains on, the synthetic one generated on first use;
   `load_training_data`, `data_set_path`, `TrainingData`.
 - `formats`: one converter per raw data set, the synthetic one included;
   `formats.prepare.prepare_dataset`.

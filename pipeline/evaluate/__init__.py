@@ -1,12 +1,17 @@
 """Evaluation and prediction of a trained model on Ray Data actor pools, with exact counts.
 
-May import: pipeline.config, pipeline.data, pipeline.train, pipeline.tracking.
+May import: pipeline.config, pipeline.console, pipeline.data, pipeline.train, pipeline.tracking.
 
 Public names:
 - `evaluation`: `evaluate`, `EvaluationRequest`, `EvaluationReport` (what jobs/evaluate.py calls).
 - `prediction`: `predict`, `PredictionRequest`, `PredictionReport` (what jobs/predict.py calls).
-- `model`: a model ready for inference; `InferenceModel`, `load_project_checkpoint`,
-  `load_run_checkpoint`, `load_mmseg_checkpoint`, `plan_actor_pool`, `InferenceError`.
+- `inference_model`: a trained model ready for inference, read from a checkpoint file (what the
+  served model imports: no Ray, no training code); `InferenceModel`, `InferenceError`,
+  `load_project_checkpoint`, `load_mmseg_checkpoint`, `checkpoint_file`, `model_num_classes`,
+  `check_classes_match`.
+- `run_checkpoint`: a training run's best checkpoint, by run name; `load_run_checkpoint`.
+- `actor_pool`: the Ray Data actor pool a model runs on; `ActorPoolPlan`, `plan_actor_pool`,
+  `prepare_actor_model`.
 - `testtime`: `TestTimeOptions`, `predict_label_map` (whole, slide, multi-scale + flip).
 - `counts`: `count_split_distributed`, `evaluate_locally`, `SplitCounts`.
 - `pictures`: `palette_png`, `overlay`, `sample_grid`, `confusion_figure`.

@@ -16,8 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from apcnet.metrics import SegmentationScores, intersection_union, scores_from_counts
-from pipeline.evaluate.model import ActorPoolPlan, prepare_actor_model
+from apcnet.metrics import (
+    SegmentationScores,
+    confusion_matrix,
+    intersection_union_from_confusion,
+    scores_from_counts,
+)
+from pipeline.evaluate.actor_pool import ActorPoolPlan, prepare_actor_model
 from pipeline.evaluate.testtime import TestTimeOptions, predict_label_map
 
 # How long the evaluation actor pool may take to start (load the model on every actor).
@@ -87,11 +92,9 @@ def image_counts(
     # Copies: arrays handed over by Ray Data are read-only views of Arrow memory.
     predicted = torch.from_numpy(np.array(prediction, dtype=np.int64))
     labels = torch.from_numpy(np.array(target, dtype=np.int64))
-    counts = torch.stack(intersection_union(predicted, labels, num_classes, ignore_index))
-    labelled = labels != ignore_index
-    pairs = labels[labelled] * num_classes + predicted[labelled]
-    confusion = torch.bincount(pairs, minlength=num_classes * num_classes)
-    return counts.numpy(), confusion.reshape(num_classes, num_classes).numpy()
+    confusion = confusion_matrix(predicted, labels, num_classes, ignore_index)
+    counts = torch.stack(intersection_union_from_confusion(confusion))
+    return counts.numpy(), confusion.numpy()
 
 
 def evaluate_locally(
@@ -162,7 +165,7 @@ def count_split_distributed(
     the images (of `total_images`, when known) on the driver's console."""
     import ray
 
-    from pipeline.train.console import progress_over
+    from pipeline.console.progress import progress_over
 
     model_ref = ray.put(model.cpu().eval())
     # Blocks of `batch_size` rows (streaming, no shuffle): a block goes to one actor, so small

@@ -23,17 +23,17 @@ from PIL import Image
 from apcnet.metrics import SegmentationScores
 from pipeline.data.shards import DatasetError, Manifest, load_manifest, read_shard_rows
 from pipeline.data.transforms import decode_image, decode_mask, normalize
+from pipeline.evaluate.actor_pool import plan_actor_pool
 from pipeline.evaluate.counts import EvalSample, SplitCounts, count_split_distributed
-from pipeline.evaluate.model import (
+from pipeline.evaluate.inference_model import (
     InferenceError,
     InferenceModel,
     check_classes_match,
     load_mmseg_checkpoint,
     load_project_checkpoint,
-    load_run_checkpoint,
-    plan_actor_pool,
 )
 from pipeline.evaluate.pictures import SamplePanel, confusion_figure, sample_grid
+from pipeline.evaluate.run_checkpoint import load_run_checkpoint
 from pipeline.evaluate.testtime import TestTimeOptions, predict_label_map
 from pipeline.tracking.tables import text_table
 from pipeline.tracking.tags import (
@@ -192,8 +192,8 @@ def format_table(class_names: tuple[str, ...], counts: SplitCounts, scores) -> s
 def evaluate(request: EvaluationRequest) -> EvaluationReport:
     """Evaluate as `request` says; see the module docstring. Starts Ray locally unless
     connected already (RAY_ADDRESS selects a cluster)."""
+    from pipeline.console.logs import quiet_this_process
     from pipeline.train.connection import connect
-    from pipeline.train.console import quiet_this_process
 
     started = time.perf_counter()
     quiet_this_process()  # already for --run's lookup, which reads Ray Train's run record

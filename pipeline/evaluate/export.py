@@ -17,14 +17,14 @@ from apcnet.export import (
 )
 from pipeline.data.formats.common import IGNORE_INDEX, voc_palette
 from pipeline.data.shards import load_manifest
-from pipeline.evaluate.model import (
+from pipeline.evaluate.inference_model import (
     InferenceError,
     InferenceModel,
     load_mmseg_checkpoint,
     load_project_checkpoint,
-    load_run_checkpoint,
     model_num_classes,
 )
+from pipeline.evaluate.run_checkpoint import load_run_checkpoint
 
 # Odd on purpose: no pool scale divides its stage-4 map (31 x 41), the hardest case for the
 # exported pooling.

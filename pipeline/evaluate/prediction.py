@@ -20,12 +20,11 @@ from PIL import Image
 from torch import nn
 
 from pipeline.data.transforms import decode_image, normalize
-from pipeline.evaluate.model import (
+from pipeline.evaluate.actor_pool import plan_actor_pool, prepare_actor_model
+from pipeline.evaluate.inference_model import (
     InferenceError,
     InferenceModel,
     load_project_checkpoint,
-    plan_actor_pool,
-    prepare_actor_model,
 )
 from pipeline.evaluate.pictures import overlay, palette_png
 from pipeline.evaluate.testtime import TestTimeOptions, predict_label_map
@@ -189,8 +188,8 @@ def predict(request: PredictionRequest) -> PredictionReport:
     """Write a palette mask (and an overlay) for every input image; see the module docstring."""
     import ray
 
+    from pipeline.console.progress import progress_over
     from pipeline.train.connection import connect
-    from pipeline.train.console import progress_over
 
     started = time.perf_counter()
     inference: InferenceModel = load_project_checkpoint(request.checkpoint)

@@ -16,7 +16,11 @@ from pipeline import storage
 from pipeline.config.schema import ExperimentConfig
 from pipeline.data.shards import load_manifest
 from pipeline.evaluate.evaluation import prediction_grid
-from pipeline.evaluate.model import InferenceError, check_classes_match, load_project_checkpoint
+from pipeline.evaluate.inference_model import (
+    InferenceError,
+    check_classes_match,
+    load_project_checkpoint,
+)
 from pipeline.evaluate.prediction import write_png_atomically
 from pipeline.evaluate.testtime import TestTimeOptions
 from pipeline.train.driver import TrainOutcome

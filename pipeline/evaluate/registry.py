@@ -41,11 +41,11 @@ from pipeline.tracking.tags import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.evaluate.model import InferenceModel
+    from pipeline.evaluate.inference_model import InferenceModel
 
 # The training job checks --register (model_to_register) before it trains, and must not import
-# torch for that: the checkpoint loader (pipeline.evaluate.model, torch) is imported where a
-# checkpoint is read.
+# torch for that: the checkpoint loader (pipeline.evaluate.inference_model, torch) is imported
+# where a checkpoint is read.
 
 MODEL_URI_PREFIX = "models:/"
 LOGGED_MODEL_NAME = "model"
@@ -193,7 +193,7 @@ def register_run(request: RegistrationRequest) -> Registration:
             "pass the --tracking-uri / --experiment it was trained with (a run trained with "
             "tracking.enabled: false cannot be registered)"
         )
-    from pipeline.evaluate.model import load_project_checkpoint
+    from pipeline.evaluate.inference_model import load_project_checkpoint
 
     load_project_checkpoint(checkpoint)  # an unreadable checkpoint fails here, not in MLflow
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -289,7 +289,7 @@ def registered_checkpoint(model_uri: str, tracking_uri: str | None = None) -> It
 def load_registered_model(model_uri: str, tracking_uri: str | None = None) -> InferenceModel:
     """A registered model (`models:/NAME/VERSION` or `models:/NAME@alias`) for inference,
     loaded exactly like its checkpoint file; its source is the model URI."""
-    from pipeline.evaluate.model import load_project_checkpoint
+    from pipeline.evaluate.inference_model import load_project_checkpoint
 
     with registered_checkpoint(model_uri, tracking_uri) as checkpoint:
         loaded = load_project_checkpoint(checkpoint)

@@ -43,7 +43,7 @@ class SegmentationPyfunc(PythonModel):
     """APCNet behind MLflow's pyfunc interface (see the module docstring)."""
 
     def load_context(self, context) -> None:
-        from pipeline.evaluate.model import load_project_checkpoint
+        from pipeline.evaluate.inference_model import load_project_checkpoint
 
         self.inference = load_project_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])
 

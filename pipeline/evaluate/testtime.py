@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from apcnet.inference import predict_multiscale, predict_slide, predict_whole
-from pipeline.evaluate.model import InferenceError
+from pipeline.evaluate.inference_model import InferenceError
 
 Mode = Literal["whole", "slide", "msflip"]
 MODES: tuple[str, ...] = ("whole", "slide", "msflip")

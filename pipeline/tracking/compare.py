@@ -16,9 +16,8 @@ from mlflow.entities import Run
 
 from pipeline.errors import UserError
 from pipeline.storage import local_temporary_sibling, publish_local_file
-from pipeline.tracking.lookup import children_query, search_runs
 from pipeline.tracking.retry import call_with_retry, tracking_client
-from pipeline.tracking.runs import find_run, resolve_tracking
+from pipeline.tracking.runs import children_query, find_run, resolve_tracking, search_runs
 from pipeline.tracking.tables import text_table
 from pipeline.tracking.tags import RUN_NAME_TAG, TRIAL_STATUS_TAG
 

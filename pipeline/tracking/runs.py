@@ -8,6 +8,11 @@ Identity: a run is found by the tag `apcnet.run_name`. Resubmitting the same nam
 same MLflow run, and `RunTracker.log_metrics` skips (key, step) pairs that are already there,
 so an epoch that is replayed after a restart is never logged twice.
 
+Search: `search_runs` is the one run search of the project (every page, each request under the
+retry policy); `run_name_query` and `children_query` are its filters.
+
+Provenance: every run is tagged with the commit of the code it came from (`git_commit`).
+
 Retries: every call goes through `pipeline.tracking.retry` (a store that does not answer is
 waited out for at most the `RetryPolicy` budget, then `TrackingUnavailableError` names its URI).
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -28,13 +34,12 @@ from mlflow.exceptions import MlflowException
 from pipeline.errors import UserError
 from pipeline.storage import apcnet_home
 from pipeline.tracking.conventions import create_experiment, tag_experiment_kind
-from pipeline.tracking.lookup import children_query, run_name_query, search_runs
-from pipeline.tracking.provenance import git_commit
 from pipeline.tracking.retry import DEFAULT_POLICY, RetryPolicy, call_with_retry, tracking_client
 from pipeline.tracking.tables import table_for_file
 from pipeline.tracking.tags import DESCRIPTION_TAG, GIT_COMMIT_TAG, PARENT_RUN_TAG, RUN_NAME_TAG
 
 DEFAULT_EXPERIMENT = "apcnet"
+GIT_COMMIT_ENV = "APCNET_GIT_COMMIT"
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 # MLflow's own limits (mlflow.utils.validation), repeated so batches are cut before it refuses.
@@ -101,6 +106,75 @@ def child_runs(parent_run_id: str, *, tracking_uri: str | None = None) -> list[R
     client = tracking_client(uri)
     parent = call_with_retry(lambda: client.get_run(parent_run_id), uri)
     return search_runs(client, uri, parent.info.experiment_id, children_query(parent_run_id))
+
+
+def search_runs(
+    client: mlflow.MlflowClient,
+    tracking_uri: str,
+    experiment_id: str,
+    query: str,
+    *,
+    max_results: int | None = None,
+) -> list[Run]:
+    """The runs of one experiment that match the MLflow filter `query`, oldest first.
+
+    Every page of results, or only the first `max_results`. Each request follows the retry
+    policy (`pipeline.tracking.retry`); `tracking_uri` names the store in its error.
+    """
+    runs: list[Run] = []
+    page_token = None
+    while True:
+        page_size = None if max_results is None else max_results - len(runs)
+        page = call_with_retry(
+            lambda token=page_token, size=page_size: client.search_runs(
+                [experiment_id],
+                query,
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
+                **({} if size is None else {"max_results": size}),
+            ),
+            tracking_uri,
+        )
+        runs.extend(page)
+        page_token = page.token
+        if not page_token or (max_results is not None and len(runs) >= max_results):
+            return runs
+
+
+def run_name_query(run_name: str) -> str:
+    """The MLflow filter for runs named `run_name` (`apcnet.run_name` tag)."""
+    return f"tags.`{RUN_NAME_TAG}` = '{run_name}'"
+
+
+def children_query(parent_run_id: str) -> str:
+    """The MLflow filter for runs nested under `parent_run_id`."""
+    return f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'"
+
+
+def git_commit(path: str | Path | None = None) -> str:
+    """The commit the code runs from: `APCNET_GIT_COMMIT` when set, else `git rev-parse HEAD`.
+
+    `path` defaults to the folder of the `pipeline` package, inside the repository. Returns
+    "unknown" where git or the repository is missing, e.g. inside a `ray job submit` working
+    folder, which carries no `.git`: there the submitter should pass the commit in the job's
+    env_vars.
+    """
+    from_env = os.environ.get(GIT_COMMIT_ENV, "").strip()
+    if from_env:
+        return from_env
+    folder = Path(path) if path is not None else Path(__file__).resolve().parent.parent
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and commit else "unknown"
 
 
 class RunTracker:

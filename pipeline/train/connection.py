@@ -3,7 +3,7 @@
 Workers on other nodes do not share the driver's environment, and Ray Train forwards only
 `RAY_TRAIN_*` variables to its controller and workers. The object-store endpoint and
 credentials (`AWS_*`, `GOOGLE_*`), the MLflow settings (`MLFLOW_*`) and the console settings
-(`pipeline.train.console`) therefore travel in the job's runtime_env: from `ray job submit
+(`pipeline.console.logs`) therefore travel in the job's runtime_env: from `ray job submit
 --runtime-env-json '{"env_vars": {...}}'`, and for a driver started by hand
 (`RAY_ADDRESS=... python jobs/train.py`) from its own environment.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from pipeline.train import console
+from pipeline.console import logs
 
 FORWARDED_PREFIXES = ("AWS_", "GOOGLE_", "MLFLOW_")
 # Where Ray's processes find the State API (the dashboard's address).
@@ -33,8 +33,8 @@ OVERRIDE_JOB_RUNTIME_ENV_VARIABLE = "RAY_OVERRIDE_JOB_RUNTIME_ENV"
 def connect(**init_options: Any) -> None:
     """`ray.init()` unless connected: the job's cluster inside `ray job submit` or under
     RAY_ADDRESS, else a new local instance, with `init_arguments()` and `init_options`.
-    Either way this process gets the console settings (`console.quiet_this_process`)."""
-    console.quiet_this_process()
+    Either way this process gets the console settings (`logs.quiet_this_process`)."""
+    logs.quiet_this_process()
     if ray.is_initialized():
         return
     if joins_a_cluster(dict(os.environ), init_options):
@@ -83,7 +83,7 @@ def init_arguments() -> dict[str, Any]:
     and the console's logging options."""
     variables = variables_for_workers(dict(os.environ))
     runtime_env = {"env_vars": variables} if variables else None
-    return {"runtime_env": runtime_env, **console.ray_init_options()}
+    return {"runtime_env": runtime_env, **logs.ray_init_options()}
 
 
 def variables_for_workers(environment: dict[str, str]) -> dict[str, str]:
@@ -91,4 +91,4 @@ def variables_for_workers(environment: dict[str, str]) -> dict[str, str]:
     forwarded = {
         name: value for name, value in environment.items() if name.startswith(FORWARDED_PREFIXES)
     }
-    return forwarded | console.variables_for_workers(environment)
+    return forwarded | logs.variables_for_workers(environment)

@@ -1,9 +1,10 @@
-"""The training driver: data set, Ray Train's trainer, fit, and what a run's name means.
+"""The training driver: what a run's name means, Ray's TorchTrainer, and the run's outcome.
 
-`fit_run` trains one named run and is what Ray Tune calls per trial. `train` wraps it for the
-job: a run whose folder is marked complete is reported and left alone; any other existing run
+`train_or_resume` is the training job's: a run whose folder is marked complete is reported
+and left alone; an existing run with another config is refused; any other existing run
 resumes from its latest checkpoint (Ray restores a run from the same RunConfig name and
-storage path); a new name starts from scratch.
+storage path); a new name starts from scratch. `fit` trains one named run (start or resume)
+and is also what a Ray Tune trial calls.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from ray.train import CheckpointConfig, ControllerError, RunConfig, ScalingConfig, UserCallback
@@ -26,18 +26,16 @@ from pipeline.config.schema import (
     config_to_yaml,
     flatten_config,
 )
-from pipeline.data.builtin import TrainingData, load_training_data
+from pipeline.console.header import RunStart
+from pipeline.console.logs import train_logging_config
+from pipeline.console.progress import ConsoleMode
 from pipeline.data.ingest import data_config, training_datasets
 from pipeline.data.majority_baseline import class_pixel_counts, majority_class_miou
 from pipeline.data.shards import Manifest, manifest_digest
+from pipeline.data.training_data import TrainingData, load_training_data
 from pipeline.errors import UserError
-from pipeline.tracking.tags import (
-    DATA_MANIFEST_TAG,
-    GIT_COMMIT_TAG,
-    MANIFEST_HASH_TAG,
-    RUN_OUTCOME_TAG,
-)
-from pipeline.train import console, startup
+from pipeline.tracking.tags import DATA_MANIFEST_TAG, MANIFEST_HASH_TAG, RUN_OUTCOME_TAG
+from pipeline.train import startup
 from pipeline.train.connection import connect
 from pipeline.train.epoch_logging import EpochsToMlflow, log_checkpoint_history
 from pipeline.train.failures import (
@@ -46,7 +44,7 @@ from pipeline.train.failures import (
     failure_config,
     workers_not_placed,
 )
-from pipeline.train.hooks import TrainingHook, hooks_from_environment
+from pipeline.train.hooks import TrainingHook, TrainingHooks, hooks_from_environment
 from pipeline.train.run_folder import (
     SCORE_METRIC,
     best_checkpoint,
@@ -60,8 +58,39 @@ from pipeline.train.run_folder import (
     write_complete_marker,
     write_config_once,
 )
-from pipeline.train.settings import NONFINITE_STATUS, ConsoleMode, LoopSettings, RunDescription
+from pipeline.train.settings import NONFINITE_STATUS, CheckpointMetadata, LoopSettings
 from pipeline.train.state import read_progress
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A run to fit: its config and name, its data set (loaded and verified), where its folder
+    lives, and test-only hooks for every worker's loop (`pipeline.train.hooks`)."""
+
+    config: ExperimentConfig
+    run_name: str
+    data: TrainingData
+    storage: str
+    hooks: tuple[TrainingHook, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunReporting:
+    """How a run shows itself. `console`: rank 0's progress (`default_console_mode()` for a
+    job; "off" in a Tune trial, which prints its own lines). `on_start` receives the run's
+    header before its workers start. `callbacks` run in Ray Train's controller (a Tune
+    trial's report callback). `mlflow_parent_run_id` nests the MLflow run (a search's)."""
+
+    console: ConsoleMode
+    on_start: Callable[[RunStart], None] | None = None
+    callbacks: tuple[UserCallback, ...] = ()
+    mlflow_parent_run_id: str | None = None
+
+
+def default_console_mode() -> ConsoleMode:
+    """A live bar when this process's stdout is a terminal, else plain lines (a file or pipe:
+    CI, `ray job logs`), which a redrawn bar would fill with every redraw."""
+    return "bar" if sys.stdout.isatty() else "lines"
 
 
 @dataclass(frozen=True)
@@ -90,18 +119,17 @@ class TrainOutcome:
         }
 
 
-def train(
+def train_or_resume(
     config: ExperimentConfig,
     run_name: str,
     *,
     hooks: Sequence[TrainingHook] = (),
-    on_start: Callable[[console.RunStart], None] | None = None,
+    on_start: Callable[[RunStart], None] | None = None,
 ) -> TrainOutcome:
     """Train `run_name` to completion: start it, resume it, or report that it is complete.
 
-    The majority-class baseline mIoU of the val split is computed for comparison.
-    `on_start` receives what the run is about to do, before its workers start.
-    Raises ConfigError when an existing run is named with a different config.
+    `on_start` receives what the run is about to do, before its workers start. Raises
+    ConfigError when an existing run is named with a different config.
     """
     storage = storage_root(config)
     summary = completed_summary(run_name, storage)
@@ -124,76 +152,43 @@ def train(
             f"config (changed: {', '.join(changed)}); resume it without --config/--set, or "
             "choose a new --name for the new config"
         )
-    data = load_training_data(config.data)
-    baseline = majority_class_miou(class_pixel_counts(data.manifest, config.data.val_split))
-    return fit_run(
-        config,
-        run_name,
-        data=data,
-        hooks=hooks,
-        storage_path=storage,
-        baseline_miou=baseline,
-        on_start=on_start,
-        process_started_unix_s=startup.process_start_unix_s(),
-    )
+    request = RunRequest(config, run_name, load_training_data(config.data), storage, tuple(hooks))
+    return fit(request, RunReporting(default_console_mode(), on_start))
 
 
-def fit_run(
-    config: ExperimentConfig,
-    run_name: str,
-    *,
-    data: TrainingData | None = None,
-    extra_callbacks: Sequence[UserCallback] = (),
-    hooks: Sequence[TrainingHook] = (),
-    mlflow_parent_run_id: str | None = None,
-    storage_path: str | Path | None = None,
-    baseline_miou: float | None = None,
-    on_start: Callable[[console.RunStart], None] | None = None,
-    show_console: bool = True,
-    process_started_unix_s: float | None = None,
-) -> TrainOutcome:
-    """Fit one named run with Ray Train and record it in MLflow; resume it if it exists.
-
-    `data` is the data set already loaded and verified by the caller (loaded here when None).
-    `hooks` run inside every worker's loop (see `pipeline.train.hooks`), after any named by
-    the `APCNET_TRAINING_HOOKS` environment variable. `on_start` as in `train`. With
-    `show_console` rank 0 prints the placement, the epoch's progress (a live bar when this
-    process's stdout is a terminal, else a line per tenth of an epoch) and a line per epoch.
-    `process_started_unix_s`, the job's process start, opens the start-up timeline.
+def fit(request: RunRequest, reporting: RunReporting) -> TrainOutcome:
+    """Fit one named run with Ray's TorchTrainer and record it in MLflow; resume it if its
+    folder holds a checkpoint. The hooks named by `APCNET_TRAINING_HOOKS` run before the
+    request's own.
 
     Raises NonFiniteLossError when the loss became NaN/inf (no restart; the last good
-    checkpoint is kept), ray.train.TrainingFailedError when workers failed more than
+    checkpoint is kept), WorkersNotPlacedError when a lost node's workers found no room in
+    `scaling.node_wait_s`, ray.train.TrainingFailedError when workers failed more than
     `scaling.max_failures` times.
     """
+    marks = {"driver_process": startup.process_start_unix_s()}
     connect()
-    marks = {"driver_process": process_started_unix_s, "ray_connected": startup.now()}
-    storage = storage_root(config, storage_path)
-    folder = run_folder(run_name, storage)
-    data = data or load_training_data(config.data)
-    manifest = data.manifest
-    hooks = (*hooks_from_environment(), *hooks)
-    console_mode: ConsoleMode = (
-        "off" if not show_console else "bar" if sys.stdout.isatty() else "lines"
-    )
-    settings = _loop_settings(config, run_name, folder, data, hooks, console_mode)
+    marks["ray_connected"] = startup.now()
+    config, run_name, data = request.config, request.run_name, request.data
+    folder = run_folder(run_name, request.storage)
+    hooks = TrainingHooks((*hooks_from_environment(), *request.hooks))
+    settings = _loop_settings(request, folder, hooks, reporting.console)
     write_config_once(folder, config_to_yaml(config))
-    resumed = latest_progress(run_name, storage)
+    resumed = latest_progress(run_name, request.storage)
     resumed_after = resumed.epoch if resumed is not None else 0
-    if on_start is not None:
-        on_start(console.run_start(config, data, settings, resumed_after))
+    if reporting.on_start is not None:
+        reporting.on_start(_run_start(request, settings, resumed_after))
     # Before the MLflow run opens, so that a shard Ray Data cannot plan leaves no run behind.
-    datasets = training_datasets(config.data, manifest, resumed_after)
+    datasets = training_datasets(config.data, data.manifest, resumed_after)
     tracker = None
-    callbacks = list(extra_callbacks)
+    callbacks = list(reporting.callbacks)
     if config.tracking.enabled:
-        tracker = _open_driver_tracker(config, run_name, settings, mlflow_parent_run_id, manifest)
+        tracker = _open_driver_tracker(request, settings, reporting.mlflow_parent_run_id)
         if resumed is not None:
             log_checkpoint_history(tracker, resumed.history)
         # First: a Tune scheduler that stops the trial on this epoch finds it in MLflow.
-        epochs = EpochsToMlflow(
-            tracker.run_id, settings.tracking_uri, config.tracking.outage_wait_s
-        )
-        callbacks.insert(0, epochs)
+        uri = _tracking_target(config)[0]
+        callbacks.insert(0, EpochsToMlflow(tracker.run_id, uri, config.tracking.outage_wait_s))
     # Imported here: they bring torch, which a job needs only once training starts.
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -215,7 +210,7 @@ def fit_run(
         run_config=RunConfig(
             name=run_name,
             # A local path or a URI; Ray builds the same filesystem from it as pipeline.storage.
-            storage_path=storage,
+            storage_path=request.storage,
             failure_config=failure_config(config.scaling),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=config.checkpointing.num_to_keep,
@@ -223,7 +218,7 @@ def fit_run(
                 checkpoint_score_order="max",
             ),
             callbacks=callbacks,
-            logging_config=console.train_logging_config(),
+            logging_config=train_logging_config(),
         ),
         datasets=datasets,
         dataset_config=data_config(ingest=config.data.ingest),
@@ -241,23 +236,23 @@ def fit_run(
         if isinstance(error, ControllerError) and isinstance(error.controller_failure, UserError):
             raise error.controller_failure from error  # e.g. MLflow unreachable for too long
         raise
-    final = dict(result.metrics or {})
     returned = result.return_value or {}
     if returned.get("status") == NONFINITE_STATUS:
         if tracker is not None:
             tracker.log_metrics({"nonfinite_loss": 1}, step=returned["epoch"])
             tracker.set_tags({RUN_OUTCOME_TAG: NONFINITE_STATUS})
             tracker.set_terminated("FAILED")
-        latest = _try(latest_checkpoint, run_name, storage)
+        latest = _or_none(latest_checkpoint, run_name, request.storage)
         raise NonFiniteLossError(
             f"run {run_name!r}: the training loss became NaN or infinite in epoch "
             f"{returned['epoch']} at global iteration {returned['global_iteration']}; "
             f"training stopped without a restart. Last good checkpoint: {latest or 'none'}. "
             "Lower optimization.lr, set optimization.grad_clip_norm, or check the data."
         )
-    best = _try(best_checkpoint, run_name, storage)
-    latest = _try(latest_checkpoint, run_name, storage)
+    best = _or_none(best_checkpoint, run_name, request.storage)
+    latest = _or_none(latest_checkpoint, run_name, request.storage)
     best_metrics = _best_metrics(result)
+    final = dict(result.metrics or {})
     outcome = TrainOutcome(
         run_name=run_name,
         status="finished",
@@ -267,27 +262,24 @@ def fit_run(
         latest_checkpoint=latest,
         history=read_progress(latest).history if latest is not None else (),
         mlflow_run_id=tracker.run_id if tracker is not None else None,
-        majority_baseline_miou=baseline_miou,
+        majority_baseline_miou=majority_class_miou(
+            class_pixel_counts(data.manifest, config.data.val_split)
+        ),
         final_metrics={k: v for k, v in final.items() if isinstance(v, int | float)},
     )
     if tracker is not None:
-        _log_final_artifacts(tracker, outcome, best_metrics, manifest)
+        _log_final_artifacts(tracker, outcome, best_metrics, data.manifest)
         tracker.set_terminated("FINISHED")
     write_complete_marker(outcome.run_folder, outcome.summary())
     return outcome
 
 
 def _loop_settings(
-    config: ExperimentConfig,
-    run_name: str,
-    folder: str,
-    data: TrainingData,
-    hooks: tuple[TrainingHook, ...],
-    console_mode: ConsoleMode,
+    request: RunRequest, folder: str, hooks: TrainingHooks, console_mode: ConsoleMode
 ) -> LoopSettings:
+    """What every worker needs; ConfigError when the data set cannot feed the config."""
+    config, data = request.config, request.data
     manifest, data_path = data.manifest, data.path
-    workers = config.scaling.num_workers
-    per_worker_batch = config.optimization.batch_size // workers
     for key, split in (
         ("train_split", config.data.train_split),
         ("val_split", config.data.val_split),
@@ -297,8 +289,11 @@ def _loop_settings(
                 f"data set {data_path} has no split {split!r} (data.{key}); "
                 f"it has: {', '.join(sorted(manifest.splits))}"
             )
+    workers = config.scaling.num_workers
+    # The one rule for a worker's share of the global batch (each worker drops its remainder).
+    batch_size_per_worker = config.optimization.batch_size // workers
     train_rows = manifest.splits[config.data.train_split].rows
-    iterations_per_epoch = (train_rows // workers) // per_worker_batch
+    iterations_per_epoch = (train_rows // workers) // batch_size_per_worker
     if iterations_per_epoch < 1:
         raise ConfigError(
             f"data set {data_path} split {config.data.train_split!r} has {train_rows} samples: "
@@ -313,37 +308,56 @@ def _loop_settings(
         assert optimization.epochs is not None
         total_epochs = optimization.epochs
         total_iterations = total_epochs * iterations_per_epoch
-    tracking_uri, experiment = _tracking_target(config)
-    from pipeline.tracking.provenance import git_commit
-
+    metadata = CheckpointMetadata.of_run(request.run_name, config, manifest, data.manifest_file)
     return LoopSettings(
         config=config,
-        run_name=run_name,
+        run_name=request.run_name,
         run_folder=str(folder),
-        description=RunDescription.of_run(run_name, config, manifest, data.manifest_file),
+        metadata=metadata,
         iterations_per_epoch=iterations_per_epoch,
         total_epochs=total_epochs,
         total_iterations=total_iterations,
-        tracking_uri=tracking_uri,
-        experiment_name=experiment,
-        tracking_tags={GIT_COMMIT_TAG: git_commit()},
+        batch_size_per_worker=batch_size_per_worker,
         hooks=hooks,
         console=console_mode,
     )
 
 
+def _run_start(request: RunRequest, settings: LoopSettings, resumed_after: int) -> RunStart:
+    """The job's header for the run `settings` describes."""
+    config, data = request.config, request.data
+    scales = ",".join(map(str, config.model.pool_scales)) or "none (dilated FCN)"
+    splits = (config.data.train_split, config.data.val_split)
+    tracking_uri, experiment = _tracking_target(config)
+    return RunStart(
+        run_name=settings.run_name,
+        run_folder=settings.run_folder,
+        resumed_after_epoch=resumed_after,
+        data_path=data.path,
+        dataset=data.manifest.dataset,
+        split_rows={split: data.manifest.splits[split].rows for split in splits},
+        num_classes=len(data.manifest.class_names),
+        model=f"APCNet {config.model.backbone}, pool scales {scales}",
+        epochs=settings.total_epochs,
+        iterations_per_epoch=settings.iterations_per_epoch,
+        global_batch_size=config.optimization.batch_size,
+        num_workers=config.scaling.num_workers,
+        resources_per_worker=dict(config.scaling.resources_per_worker),
+        use_gpu=config.scaling.use_gpu,
+        tracking_uri=tracking_uri if config.tracking.enabled else None,
+        experiment=experiment if config.tracking.enabled else None,
+    )
+
+
 def _tracking_target(config: ExperimentConfig) -> tuple[str, str]:
+    """The resolved tracking URI and experiment of `config`."""
     from pipeline.tracking.runs import resolve_tracking
 
     return resolve_tracking(config.tracking.tracking_uri, config.tracking.experiment_name)
 
 
 def _open_driver_tracker(
-    config: ExperimentConfig,
-    run_name: str,
-    settings: LoopSettings,
-    parent_run_id: str | None,
-    manifest: Manifest,
+    request: RunRequest, settings: LoopSettings, parent_run_id: str | None
 ) -> Any:
     """Open (or reopen) the run's MLflow run; log parameters, tags, the resolved config and
     the data set's train and val splits as dataset inputs."""
@@ -351,16 +365,15 @@ def _open_driver_tracker(
     from pipeline.tracking.retry import RetryPolicy
     from pipeline.tracking.runs import RunTracker
 
-    digest = manifest_digest(settings.description.manifest_path)
+    config, manifest = request.config, request.data.manifest
+    manifest_path = settings.metadata.manifest_path
+    digest = manifest_digest(manifest_path)
+    tracking_uri, experiment = _tracking_target(config)
     tracker = RunTracker.open(
-        run_name,
-        tracking_uri=settings.tracking_uri,
-        experiment=settings.experiment_name,
-        tags={
-            **settings.tracking_tags,
-            MANIFEST_HASH_TAG: digest,
-            DATA_MANIFEST_TAG: settings.description.manifest_path,
-        },
+        request.run_name,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        tags={MANIFEST_HASH_TAG: digest, DATA_MANIFEST_TAG: manifest_path},
         parent_run_id=parent_run_id,
         retry=RetryPolicy(budget_s=config.tracking.outage_wait_s),
     )
@@ -371,8 +384,7 @@ def _open_driver_tracker(
         config.data.val_split: VALIDATION_CONTEXT,
     }
     rows = {split: manifest.splits[split].rows for split in contexts}
-    source = settings.description.manifest_path
-    tracker.log_inputs(split_inputs(manifest.dataset, rows, contexts, digest, source))
+    tracker.log_inputs(split_inputs(manifest.dataset, rows, contexts, digest, manifest_path))
     return tracker
 
 
@@ -403,7 +415,7 @@ def _best_metrics(result: Any) -> dict[str, Any]:
     return max(scored, key=lambda metrics: metrics[SCORE_METRIC]) if scored else {}
 
 
-def _try(lookup: Any, run_name: str, storage: str) -> str | None:
+def _or_none(lookup: Any, run_name: str, storage: str) -> str | None:
     try:
         return lookup(run_name, storage)
     except FileNotFoundError:

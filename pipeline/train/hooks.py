@@ -4,7 +4,7 @@ A hook is a picklable object that travels to every Ray Train worker inside the l
 so it runs wherever the workers run, also on other nodes. The loop calls every hook at fixed
 points; the base class does nothing at each, so a hook overrides only what it needs. The
 production loop installs none: fault-injection tests install theirs through
-`fit_run(..., hooks=...)`, or, for a job started as a subprocess, by naming a factory in the
+`train_or_resume(..., hooks=...)` (or `RunRequest.hooks`), or, for a job started as a subprocess, by naming a factory in the
 `APCNET_TRAINING_HOOKS` environment variable (`package.module:function`, returning hooks).
 """
 
@@ -48,6 +48,26 @@ class TrainingHook:
     def before_report(self, position: LoopPosition) -> None:
         """After the epoch's training and validation, before it is reported with its
         checkpoint (and so before MLflow has it)."""
+
+
+@dataclass(frozen=True)
+class TrainingHooks(TrainingHook):
+    """Several hooks called as one, in order: what the loop holds and calls."""
+
+    hooks: tuple[TrainingHook, ...] = ()
+
+    def before_step(self, position: LoopPosition) -> None:
+        for hook in self.hooks:
+            hook.before_step(position)
+
+    def loss_computed(self, position: LoopPosition, loss: torch.Tensor) -> torch.Tensor:
+        for hook in self.hooks:
+            loss = hook.loss_computed(position, loss)
+        return loss
+
+    def before_report(self, position: LoopPosition) -> None:
+        for hook in self.hooks:
+            hook.before_report(position)
 
 
 def hooks_from_environment() -> tuple[TrainingHook, ...]:

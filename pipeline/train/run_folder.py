@@ -29,8 +29,8 @@ from ray.train import Result
 from pipeline import storage
 from pipeline.config.schema import ExperimentConfig, config_from_dict
 from pipeline.config.typed import load_yaml
-from pipeline.storage import apcnet_home
-from pipeline.train.state import CHECKPOINT_FILE, Progress, read_progress
+from pipeline.storage import CHECKPOINT_FILE, apcnet_home
+from pipeline.train.state import Progress, read_progress
 
 COMPLETE_MARKER = "COMPLETE.json"
 CONFIG_FILE = "config.yaml"

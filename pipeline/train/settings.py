@@ -1,22 +1,16 @@
-"""What the driver hands every worker for one run (picklable, computed once by the driver).
-
-Kept free of torch so that the driver, which never trains, does not import it to build them.
-"""
+"""What the driver hands every worker for one run (picklable, computed once by the driver)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config.schema import ExperimentConfig, config_to_dict
+from pipeline.console.progress import ConsoleMode
+from pipeline.train.hooks import TrainingHooks
 
 if TYPE_CHECKING:
     from pipeline.data.shards import Manifest
-    from pipeline.train.hooks import TrainingHook
-
-# How rank 0 shows progress: a live bar (the driver's stdout is a terminal), a plain line per
-# tenth of an epoch (a file or pipe: CI, `ray job logs`), or nothing (a Tune trial).
-ConsoleMode = Literal["bar", "lines", "off"]
 
 # What rank 0's training function returns as its "status" (Result.return_value).
 COMPLETED_STATUS = "completed"
@@ -24,7 +18,7 @@ NONFINITE_STATUS = "nonfinite_loss"
 
 
 @dataclass(frozen=True)
-class RunDescription:
+class CheckpointMetadata:
     """What a checkpoint says about the run that wrote it (fixed for the whole run)."""
 
     run_name: str
@@ -39,11 +33,11 @@ class RunDescription:
     @staticmethod
     def of_run(
         run_name: str, config: ExperimentConfig, manifest: Manifest, manifest_path: str
-    ) -> RunDescription:
+    ) -> CheckpointMetadata:
         """The description of run `run_name` training with `config` on `manifest` (whose
         file is `manifest_path`)."""
         augmentation = config.data.augmentation
-        return RunDescription(
+        return CheckpointMetadata(
             run_name=run_name,
             class_names=manifest.class_names,
             palette=manifest.palette,
@@ -62,16 +56,18 @@ class LoopSettings:
     config: ExperimentConfig
     run_name: str
     run_folder: str
-    description: RunDescription
+    metadata: CheckpointMetadata
     iterations_per_epoch: int
     total_epochs: int
     total_iterations: int
-    tracking_uri: str | None
-    experiment_name: str | None
-    tracking_tags: dict[str, str]
-    hooks: tuple[TrainingHook, ...] = ()
+    batch_size_per_worker: int
+    hooks: TrainingHooks
     # Rank 0's console: the placement, the epoch's progress and a line per epoch.
-    console: ConsoleMode = "bar"
+    console: ConsoleMode
+
+    def epochs_after(self, epoch: int) -> range:
+        """The epochs still to train after `epoch` (0 for a new run)."""
+        return range(epoch + 1, self.total_epochs + 1)
 
     def validates_after(self, epoch: int) -> bool:
         return epoch % self.config.evaluation.every_epochs == 0 or epoch == self.total_epochs

@@ -3,10 +3,12 @@
 The driver marks its own process start, the moment Ray answered and the moment it handed the
 trainer to Ray; rank 0 marks the start of its training function (its process placed, torch
 imported and the process group formed by Ray Train), the model ready (model, optimizer and any
-checkpoint restored), the first batch received and the first optimisation step finished. The first epoch of each attempt carries the marks in its metrics
-(`startup/<mark>_unix_s`, kept in the checkpoint's history, not sent to MLflow as such) and
-MLflow gets the phase durations (`startup/<phase>_s`). `benchmarks/train.py` adds the time
-from the job's launch to the driver's start.
+checkpoint restored), the first batch received and the first optimisation step finished.
+
+The first epoch of each attempt carries one start-up metric, `time_to_first_step_s` (from the
+driver's start, or from the loop's when the driver's is unknown), and the marks themselves
+(`startup/<mark>_unix_s`, kept in the checkpoint's history, not sent to MLflow), from which
+`benchmarks/train.py` prints the phases (`phase_seconds`).
 
 Unix seconds (not a monotonic clock) because the marks come from different processes.
 """
@@ -56,13 +58,17 @@ def now() -> float:
     return time.time()
 
 
-def mark_metrics(marks: dict[str, float | None]) -> dict[str, float]:
-    """`startup/<mark>_unix_s` for each known mark that was taken."""
-    return {
-        f"{MARK_PREFIX}{name}_unix_s": float(marks[name])
-        for name in MARKS
-        if marks.get(name) is not None
-    }
+TIME_TO_FIRST_STEP = "time_to_first_step_s"
+
+
+def first_epoch_timeline(marks: dict[str, float | None]) -> dict[str, float]:
+    """The first epoch's start-up metrics: `startup/<mark>_unix_s` for each mark taken, and
+    `time_to_first_step_s` from the first of them to the first step."""
+    taken = {name: float(at) for name in MARKS if (at := marks.get(name)) is not None}
+    timeline = {f"{MARK_PREFIX}{name}_unix_s": at for name, at in taken.items()}
+    if "first_step" in taken:
+        timeline[TIME_TO_FIRST_STEP] = taken["first_step"] - next(iter(taken.values()))
+    return timeline
 
 
 def phase_seconds(metrics: dict[str, float]) -> dict[str, float]:
@@ -84,15 +90,3 @@ def phase_seconds(metrics: dict[str, float]) -> dict[str, float]:
 
 def is_mark(key: str) -> bool:
     return key.startswith(MARK_PREFIX) and key.endswith("_unix_s")
-
-
-def startup_line(metrics: dict[str, float]) -> str | None:
-    """One console line: the total from the driver's start to the first step and its phases."""
-    phases = phase_seconds(metrics)
-    total = phases.pop(f"{MARK_PREFIX}total_s", None)
-    if total is None:
-        return None
-    parts = ", ".join(
-        f"{PHASES[key[len(MARK_PREFIX) : -2]][0]} {seconds:.1f}" for key, seconds in phases.items()
-    )
-    return f"start-up  {total:.1f} s to the first step ({parts})"

@@ -1,4 +1,5 @@
-"""Saving and restoring a training run's full state in one Ray checkpoint folder.
+"""A training run's full state: built fresh for a run, saved to and restored from one Ray
+checkpoint folder.
 
 The folder holds `checkpoint.pt`, written by `apcnet.checkpoint.save_checkpoint` so the
 evaluation job and `apcnet` users read it like any model checkpoint: weights, class names,
@@ -14,18 +15,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline import storage
-from pipeline.train.settings import RunDescription
+from pipeline.config.schema import ExperimentConfig, ModelSection
+from pipeline.storage import CHECKPOINT_FILE, CHECKPOINT_FOLDER_PREFIX
+from pipeline.train.settings import CheckpointMetadata
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from pipeline.train.device import DeviceFeatures
+
 # The driver imports this module to read a run's progress before it starts training, and must
 # not import torch for that (about 1.2 s before the first step): torch and apcnet.checkpoint are
 # imported where a checkpoint is written or read.
-
-CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_FOLDER_PREFIX = "epoch_"
 
 
 def checkpoint_folder_name(epoch: int) -> str:
@@ -58,6 +60,11 @@ class TrainingState:
     scaler: torch.amp.GradScaler
     progress: Progress = Progress()
 
+    @property
+    def learning_rate(self) -> float:
+        """The optimizer's current learning rate (of its first parameter group)."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
     def after_epoch(self, epoch: int, iterations: int, metrics: dict[str, float]) -> TrainingState:
         """The state once `epoch` finished after `iterations` steps, reporting `metrics`."""
         progress = Progress(
@@ -67,7 +74,7 @@ class TrainingState:
         )
         return replace(self, progress=progress)
 
-    def save(self, folder: Path, run: RunDescription) -> Path:
+    def save(self, folder: Path, metadata: CheckpointMetadata) -> Path:
         """Write `<folder>/checkpoint.pt` (atomically, by `apcnet.checkpoint.save_checkpoint`);
         returns its path."""
         from apcnet.checkpoint import save_checkpoint
@@ -76,21 +83,21 @@ class TrainingState:
         return save_checkpoint(
             folder / CHECKPOINT_FILE,
             self.model,
-            class_names=run.class_names,
-            palette=run.palette,
-            ignore_index=run.ignore_index,
-            mean=run.mean,
-            std=run.std,
+            class_names=metadata.class_names,
+            palette=metadata.palette,
+            ignore_index=metadata.ignore_index,
+            mean=metadata.mean,
+            std=metadata.std,
             optimizer_state=self.optimizer.state_dict(),
             extra={
-                "run_name": run.run_name,
+                "run_name": metadata.run_name,
                 "scaler": self.scaler.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "epoch": self.progress.epoch,
                 "global_iteration": self.progress.global_iteration,
                 "history": [dict(metrics) for metrics in self.progress.history],
-                "config": run.config,
-                "manifest_path": run.manifest_path,
+                "config": metadata.config,
+                "manifest_path": metadata.manifest_path,
             },
         )
 
@@ -112,6 +119,93 @@ class TrainingState:
         self.scheduler.load_state_dict(loaded.extra["scheduler"])
         self.scaler.load_state_dict(loaded.extra["scaler"])
         return replace(self, progress=_progress(loaded.extra))
+
+
+def build_training_model(
+    model_config: ModelSection,
+    metadata: CheckpointMetadata,
+    features: DeviceFeatures,
+    device: torch.device,
+    seed: int,
+    rank: int = 0,
+) -> nn.Module:
+    """A fresh APCNet for the run's classes, on `device`, with the resolved device features.
+
+    The initial weights depend only on `seed`, so a run (or a Tune trial) is reproducible and
+    every worker starts identical. Afterwards each rank reseeds differently so dropout masks
+    are not the same on every worker.
+    """
+    import torch
+    from torch import nn
+
+    from apcnet import APCNet
+
+    torch.manual_seed(seed)
+    model: nn.Module = APCNet(
+        num_classes=len(metadata.class_names),
+        backbone=model_config.backbone,
+        pool_scales=model_config.pool_scales,
+        gla=model_config.gla,
+        fusion=model_config.fusion,
+        aux=model_config.aux_loss_weight > 0,
+        channels=model_config.channels,
+        dropout=model_config.dropout,
+        output_stride=model_config.output_stride,
+        pretrained_backbone=model_config.pretrained_backbone,
+    )
+    if features.sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if features.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    torch.manual_seed(seed + 1 + rank)
+    return model
+
+
+def build_training_state(
+    config: ExperimentConfig,
+    metadata: CheckpointMetadata,
+    features: DeviceFeatures,
+    device: torch.device,
+    *,
+    rank: int,
+    total_iterations: int,
+) -> TrainingState:
+    """A fresh training state: the model, its optimizer, the poly schedule over
+    `total_iterations` steps and the fp16 loss scaler (a no-op unless autocast runs fp16)."""
+    import torch
+
+    from apcnet.schedule import PolyLR
+
+    model = build_training_model(
+        config.model, metadata, features, device, seed=config.data.seed, rank=rank
+    )
+    optimizer = build_optimizer(model, config)
+    scheduler = PolyLR(
+        optimizer,
+        total_iters=total_iterations,
+        power=config.schedule.power,
+        min_lr=config.schedule.min_lr,
+        warmup_iters=config.schedule.warmup_iterations,
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=features.autocast_dtype == torch.float16)
+    return TrainingState(model, optimizer, scheduler, scaler)
+
+
+def build_optimizer(model: nn.Module, config: ExperimentConfig) -> torch.optim.Optimizer:
+    import torch
+
+    optimization = config.optimization
+    if optimization.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=optimization.lr,
+            momentum=optimization.momentum,
+            weight_decay=optimization.weight_decay,
+        )
+    return torch.optim.AdamW(
+        model.parameters(), lr=optimization.lr, weight_decay=optimization.weight_decay
+    )
 
 
 def read_progress(checkpoint_file: str | Path) -> Progress:

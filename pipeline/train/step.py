@@ -16,7 +16,7 @@ from torch import nn
 from apcnet.loss import segmentation_loss
 from pipeline.config.augmentation import AugmentationConfig
 from pipeline.config.schema import ExperimentConfig
-from pipeline.train.model import DeviceFeatures
+from pipeline.train.device import DeviceFeatures, autocast
 from pipeline.train.state import TrainingState
 
 
@@ -59,11 +59,7 @@ def forward_loss(
     `model` is the bare model or its DDP wrapper; images (N, 3, H, W), masks (N, H, W) int64
     with `ignore_index` for unlabelled pixels, both on the model's device.
     """
-    with torch.autocast(
-        images.device.type,
-        dtype=features.autocast_dtype,
-        enabled=features.autocast_dtype is not None,
-    ):
+    with autocast(features, images.device):
         outputs = model(images)
         return segmentation_loss(
             outputs,

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from apcnet.metrics import MeanIoU
-from pipeline.train.model import DeviceFeatures
+from pipeline.train.device import DeviceFeatures, autocast
 
 
 @torch.no_grad()
@@ -42,11 +42,7 @@ def validate(
             images = images.to(device)
             if features.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(
-                device.type,
-                dtype=features.autocast_dtype,
-                enabled=features.autocast_dtype is not None,
-            ):
+            with autocast(features, device):
                 logits = model(images)["out"]
             metric.update(logits.argmax(dim=1), masks.to(device))
     counts = metric.counts().to(device)

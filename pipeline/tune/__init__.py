@@ -1,6 +1,6 @@
 """Ray Tune searches: one training run per trial, ASHA on top, a nested MLflow run per trial.
 
-May import: pipeline.config, pipeline.data, pipeline.train, pipeline.tracking.
+May import: pipeline.config, pipeline.console, pipeline.data, pipeline.train, pipeline.tracking.
 
 Public names:
 - `search`: `run_search` (start or resume a named search), `SearchOutcome`.

@@ -1,7 +1,7 @@
 """Ray Tune search over the config's `tune.space`: one training job per trial, ASHA on top.
 
 Each trial is a Tune function trainable that rewrites the searched fields of the experiment
-config and calls the training driver (`pipeline.train.driver.fit_run`), the same code path as
+config and calls the training driver (`pipeline.train.driver.fit`), the same code path as
 `jobs/train.py`; the TorchTrainer it builds reports every epoch to Tune through
 `TuneReportCallback`, which is what ASHA sees. (`Tuner(TorchTrainer(...))` does not work in
 Ray 2.60; this function form is the supported one.)
@@ -32,12 +32,12 @@ from ray.tune.search.optuna import OptunaSearch
 from pipeline.config.schema import ExperimentConfig, config_to_dict, flatten_config
 from pipeline.config.search import LogUniform, TuneSection, validate_tune_section
 from pipeline.config.typed import ConfigError
-from pipeline.data.builtin import TrainingData, load_training_data
+from pipeline.console.logs import quiet_this_process, verbose
+from pipeline.data.training_data import TrainingData, load_training_data
 from pipeline.storage import apcnet_home
 from pipeline.tracking.runs import RunTracker, resolve_tracking
 from pipeline.tracking.tags import KIND_SEARCH, KIND_TAG, KIND_TRIAL, TRIAL_ID_TAG
 from pipeline.train.connection import start_local_instance
-from pipeline.train.console import quiet_this_process, verbose
 from pipeline.tune.space import apply_trial_parameters, searched_values
 from pipeline.tune.trials import (
     UNFINISHED,
@@ -192,7 +192,7 @@ def run_search(
     search keeps the ones it started with and ignores these.
 
     Needs Ray (`ray.init()` is called when no instance is running). Prints a line per trial
-    event (Tune's own status tables with --verbose, `pipeline.train.console`); the trials
+    event (Tune's own status tables with --verbose, `pipeline.console.logs`); the trials
     table is in the outcome and on the parent MLflow run.
     """
     started = time.perf_counter()
@@ -301,7 +301,8 @@ def run_trial(
     """One Tune trial: the training job on the base config with this trial's parameters."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.train.driver import fit_run
+    from pipeline.train.driver import RunReporting, RunRequest, fit
+    from pipeline.train.run_folder import storage_root
 
     trial_id = tune.get_context().get_trial_id()
     run_name = trial_run_name(context.search_name, trial_id)
@@ -316,13 +317,13 @@ def run_trial(
         tags={TRIAL_ID_TAG: trial_id, KIND_TAG: KIND_TRIAL},
     )
     tracker.log_params({f"trial.{key}": value for key, value in parameters.items()})
-    fit_run(
-        config,
-        run_name,
-        data=context.data,
-        extra_callbacks=(TuneReportCallback(),),
-        mlflow_parent_run_id=context.parent_run_id,
-        show_console=False,  # the search prints the trial's events instead
+    fit(
+        RunRequest(config, run_name, context.data, storage_root(config)),
+        RunReporting(
+            console="off",  # the search prints the trial's events instead
+            callbacks=(TuneReportCallback(),),
+            mlflow_parent_run_id=context.parent_run_id,
+        ),
     )
 
 

@@ -1,4 +1,4 @@
-"""What a job's console shows: the project's own lines by default, Ray's logs with --verbose.
+"""Which logs a job's console shows: the project's own lines by default, Ray's with --verbose.
 
 The one home of every log and verbosity setting. `jobs/cli.py` turns `--verbose` into
 `APCNET_VERBOSE=1` (`VERBOSE_VARIABLE`) before the job starts; everything below reads it, in
@@ -10,8 +10,8 @@ Quiet (the default) means:
   (`train_logging_config`: "Reporting training result ...", worker-group start-up) and
   MLflow's (database set-up); warnings and errors still show.
 - Ray Data's progress bars off (`DataContext.enable_progress_bars`,
-  `RAY_DATA_DISABLE_PROGRESS_BARS`): the console's bars are the project's own (`epoch_bar`,
-  `progress_over`).
+  `RAY_DATA_DISABLE_PROGRESS_BARS`): the console's bars are the project's own
+  (`pipeline.console.progress`).
 - Tune's periodic status tables off: a search prints one line per trial event instead.
 
 Always: lines of Ray's processes that ask nothing of a user (`FORWARDED_LINES_TO_DROP`) are
@@ -34,21 +34,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
-if TYPE_CHECKING:
-    from pipeline.config.schema import ExperimentConfig
-    from pipeline.data.builtin import TrainingData
-    from pipeline.train.settings import ConsoleMode, LoopSettings
-
-T = TypeVar("T")
 VERBOSE_VARIABLE = "APCNET_VERBOSE"
 QUIET_LEVEL = "WARNING"
-LABEL_WIDTH = 10
-
 # Read by Ray Train in its controller and workers; forwarded by Train itself, and here too.
 _PRINT_PATCH_VARIABLE = "RAY_TRAIN_ENABLE_PRINT_PATCH"
 # Read by DataContext's defaults, for a context made in a Ray process rather than handed over.
@@ -205,152 +195,3 @@ def train_logging_config() -> Any:
     from ray.train import LoggingConfig
 
     return LoggingConfig(log_level="INFO" if verbose() else QUIET_LEVEL)
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _TenthsOfAnEpoch:
-    """Progress as plain lines, one when each tenth of the epoch is done (the last tenth is
-    the epoch's own line): for a console that is a file or a pipe, which a redrawn bar would
-    fill with every redraw."""
-
-    def __init__(self, description: str, total: int) -> None:
-        self._description = description
-        self._total = max(total, 1)
-        self._done = 0
-        self._tenths_shown = 0
-        self._started = time.monotonic()
-
-    def update(self, n: int = 1) -> None:
-        self._done += n
-        tenths = min(10 * self._done // self._total, 9)
-        if tenths > self._tenths_shown:
-            self._tenths_shown = tenths
-            rate = self._done / max(time.monotonic() - self._started, 1e-9)
-            print(
-                f"{self._description}  {10 * tenths}%  {self._done}/{self._total} it  "
-                f"{rate:.3g} it/s",
-                flush=True,
-            )
-
-    def close(self) -> None:
-        pass
-
-
-def epoch_bar(mode: ConsoleMode, epoch: int, total_epochs: int, iterations: int) -> Any:
-    """Progress over one epoch's iterations, shown on the driver's console as `mode` says:
-    "bar", a live bar (`ray.experimental.tqdm_ray`: the worker sends its state at most once a
-    second, the driver redraws it); "lines", a plain line per tenth of the epoch; "off",
-    nothing. `update(n)` after each step, `close()` at the end of the epoch."""
-    description = f"epoch {epoch}/{total_epochs}"
-    if mode == "off":
-        return _NoBar()
-    if mode == "lines":
-        return _TenthsOfAnEpoch(description, iterations)
-    from ray.experimental.tqdm_ray import tqdm
-
-    bar = tqdm(desc=description, total=iterations, unit="it")
-    # Drawn at once, while the epoch's first batch is on its way (Ray Data starts the data
-    # set's execution anew every epoch); its later states follow at most once a second.
-    bar.refresh()
-    return bar
-
-
-def progress_over(
-    batches: Iterable[T], total: int | None, description: str, unit: str, size: Callable[[T], int]
-) -> Iterator[T]:
-    """`batches` as they come, with a progress bar over their items (`size(batch)` each, of
-    `total` when known) drawn by this process, on stderr.
-
-    The bar opens with the first batch: Ray Data starts an actor pool when iteration begins,
-    and Ray core's driver then logs, straight to stderr where no filter reaches, that the
-    pool's actors take object-store arguments (`core_worker.cc`, once per process: Ray Data
-    2.60 hands every pool actor its context and transform by reference). Opened later, the
-    bar is not cut in two by that line.
-    """
-    from tqdm import tqdm
-
-    bar = None
-    try:
-        for batch in batches:
-            bar = bar or tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True)
-            yield batch
-            bar.update(size(batch))
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def labelled(label: str, text: str) -> str:
-    """A header line: the label in a column of its own, then the text."""
-    return f"{label:<{LABEL_WIDTH}}{text}"
-
-
-def placement_line(nodes: Sequence[str]) -> str:
-    """The header line saying where the workers run: `nodes[rank]` is rank's Ray node id,
-    shown by its first 8 hex digits (as `ray list nodes` prints them)."""
-    ranks_by_node: dict[str, list[int]] = {}
-    for rank, node in enumerate(nodes):
-        ranks_by_node.setdefault(node, []).append(rank)
-    groups = [
-        f"{node[:8]} ({'rank' if len(ranks) == 1 else 'ranks'} {', '.join(map(str, ranks))})"
-        for node, ranks in ranks_by_node.items()
-    ]
-    count = len(ranks_by_node)
-    where = f"{count} {'node' if count == 1 else 'nodes'}: {', '.join(groups)}"
-    return labelled("placed", f"{len(nodes)} workers on {where}")
-
-
-@dataclass(frozen=True)
-class RunStart:
-    """What a training run is about to do, for the job's header."""
-
-    run_name: str
-    run_folder: str
-    resumed_after_epoch: int  # 0 for a new run
-    data_path: str
-    dataset: str
-    split_rows: dict[str, int]  # the train and val splits trained and validated on
-    num_classes: int
-    model: str
-    epochs: int
-    iterations_per_epoch: int
-    global_batch_size: int
-    num_workers: int
-    resources_per_worker: dict[str, float]
-    use_gpu: bool
-    tracking_uri: str | None  # None when tracking is off
-    experiment: str | None
-
-
-def run_start(
-    config: ExperimentConfig, data: TrainingData, settings: LoopSettings, resumed_after: int
-) -> RunStart:
-    """The header of the run `settings` describes."""
-    model = config.model
-    scales = ",".join(map(str, model.pool_scales)) or "none (dilated FCN)"
-    splits = (config.data.train_split, config.data.val_split)
-    return RunStart(
-        run_name=settings.run_name,
-        run_folder=settings.run_folder,
-        resumed_after_epoch=resumed_after,
-        data_path=data.path,
-        dataset=data.manifest.dataset,
-        split_rows={split: data.manifest.splits[split].rows for split in splits},
-        num_classes=len(data.manifest.class_names),
-        model=f"APCNet {model.backbone}, pool scales {scales}",
-        epochs=settings.total_epochs,
-        iterations_per_epoch=settings.iterations_per_epoch,
-        global_batch_size=config.optimization.batch_size,
-        num_workers=config.scaling.num_workers,
-        resources_per_worker=dict(config.scaling.resources_per_worker),
-        use_gpu=config.scaling.use_gpu,
-        tracking_uri=settings.tracking_uri if config.tracking.enabled else None,
-        experiment=settings.experiment_name if config.tracking.enabled else None,
-    )

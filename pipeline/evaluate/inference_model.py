@@ -1,22 +1,25 @@
-"""A trained model ready for inference, with what its predictions mean; the actor pool to run it.
+"""A trained model ready for inference, with what its predictions mean, read from a checkpoint
+file.
 
-Three sources: this project's checkpoint (a file, or a Ray checkpoint folder holding
-`checkpoint.pt`), a training run's best checkpoint (by run name), or a reference-toolbox
-(MMSegmentation) APCNet checkpoint whose class names and palette come from a data manifest.
+Two kinds of file: this project's checkpoint (a file, or a Ray checkpoint folder holding
+`checkpoint.pt`, local or on an object store) and a reference-toolbox (MMSegmentation) APCNet
+checkpoint, whose class names and palette come from a data manifest. A training run's best
+checkpoint, found by the run's name, is `run_checkpoint.load_run_checkpoint`.
+
+The served model (`served_model.py`) imports this module, so every registered model carries
+it: it imports neither Ray nor the training code.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import torch
 from torch import nn
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.train.state import CHECKPOINT_FILE, CHECKPOINT_FOLDER_PREFIX
+from pipeline.storage import CHECKPOINT_FILE, CHECKPOINT_FOLDER_PREFIX
 
 
 class InferenceError(UserError, ValueError):
@@ -107,19 +110,6 @@ def _run_name_from_folder(location: str) -> str | None:
     return None
 
 
-def load_run_checkpoint(run_name: str, storage_path: str | None = None) -> InferenceModel:
-    """The best checkpoint of the training run `run_name` under `storage_path`
-    (default `<home>/runs`)."""
-    from pipeline.train.run_folder import best_checkpoint
-
-    try:
-        folder = best_checkpoint(run_name, storage_path)
-    except FileNotFoundError as error:  # its message names the run and the folder looked in
-        raise InferenceError(f"{error} (--storage-path names where training runs live)") from error
-    loaded = load_project_checkpoint(folder)
-    return replace(loaded, training_run=run_name)
-
-
 def load_mmseg_checkpoint(
     path: str | Path, class_names: tuple[str, ...], palette, ignore_index: int
 ) -> InferenceModel:
@@ -182,59 +172,3 @@ def check_classes_match(
             f"class names of {inference_model.source} differ from those of {data_source} "
             f"({'; '.join(differing[:5])}): evaluate with the data set the model was trained on"
         )
-
-
-@dataclass(frozen=True)
-class ActorPoolPlan:
-    """How many model actors to start and what each one reserves."""
-
-    actors: int
-    num_cpus: float
-    num_gpus: float
-
-    @property
-    def torch_threads(self) -> int:
-        """Intra-op threads per actor: one per reserved CPU, at least one."""
-        return max(1, math.floor(self.num_cpus))
-
-
-def plan_actor_pool(
-    actors: int | None = None,
-    cpus_per_actor: float | None = None,
-    cluster_resources: dict[str, float] | None = None,
-) -> ActorPoolPlan:
-    """Size the actor pool from the options or the cluster.
-
-    With GPUs: one actor per GPU (num_gpus=1, one CPU each). CPU only: the actors together
-    reserve at most half the cluster's CPUs (the rest reads and decodes the data), one actor per
-    two CPUs by default; on a 2-core machine that is one actor with one CPU, or two at 0.5 each
-    with `actors=2`.
-    """
-    if cluster_resources is None:
-        import ray
-
-        cluster_resources = ray.cluster_resources()
-    total_cpus = float(cluster_resources.get("CPU", 1.0))
-    total_gpus = int(cluster_resources.get("GPU", 0))
-    if actors is not None and actors < 1:
-        raise InferenceError(f"--actors must be at least 1, got {actors}")
-    if cpus_per_actor is not None and cpus_per_actor <= 0:
-        raise InferenceError(f"--cpus-per-actor must be positive, got {cpus_per_actor}")
-    if total_gpus > 0:
-        pool = actors or total_gpus
-        return ActorPoolPlan(pool, cpus_per_actor or 1.0, 1.0)
-    pool = actors or max(1, int(total_cpus // 2))
-    share = cpus_per_actor or min(1.0, total_cpus / (2 * pool))
-    return ActorPoolPlan(pool, share, 0.0)
-
-
-def prepare_actor_model(model: nn.Module | object, threads: int) -> nn.Module:
-    """Inside an actor: fetch the model if it came as an object reference, move it to the GPU
-    when there is one, set the CPU thread count, switch to eval mode."""
-    import ray
-
-    if isinstance(model, ray.ObjectRef):
-        model = ray.get(model)
-    torch.set_num_threads(threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval()
