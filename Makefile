@@ -10,7 +10,7 @@ PIN_HASH := $(shell $(PYTHON) tools/pin_hash.py)
 VENV_DIR := $(VENV_CACHE)/$(PIN_HASH)
 VENV_PY := .venv/bin/python
 
-.PHONY: venv train test format clean-venv
+.PHONY: venv train test test-fast format clean-venv
 
 venv:
 	@$(PYTHON) tools/make_venv.py --python $(PYTHON) --cache-dir "$(VENV_DIR)" --link .venv
@@ -22,6 +22,12 @@ test: venv
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	$(VENV_PY) -m pytest
+
+# While you work: ruff and every test that starts no Ray, no server and no job.
+test-fast: venv
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	$(VENV_PY) -m pytest -m "not integration"
 
 format: venv
 	.venv/bin/ruff format .

@@ -8,6 +8,19 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures that start Ray, a replica of the cluster, a server or a job: a test that uses one,
+# directly or through another fixture, is an integration test (left out of `make test-fast`),
+# whatever its own markers say.
+INTEGRATION_FIXTURES = frozenset(
+    {"ray_session", "local_cluster", "training", "evaluation", "registered", "server"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def isolated_home() -> Iterator[Path]:

@@ -239,6 +239,7 @@ def test_pipeline_has_at_most_two_top_level_modules():
 
 
 @pytest.mark.parametrize("script", BENCHMARKS, ids=[path.name for path in BENCHMARKS])
+@pytest.mark.integration
 def test_benchmark_script_runs_with_help(script: Path):
     """Imports a move broke show up here, not on the day someone benchmarks."""
     finished = subprocess.run(

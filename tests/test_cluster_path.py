@@ -32,7 +32,7 @@ from pipeline.evaluate.inference_model import load_project_checkpoint
 from pipeline.evaluate.testtime import TestTimeOptions
 from pipeline.train.run_folder import latest_checkpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 # What a job records as its code version when it runs outside a git checkout.
 JOB_COMMIT = "abc123"

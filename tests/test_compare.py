@@ -92,6 +92,7 @@ def test_plot_writes_a_png_file(store: str, tmp_path: Path) -> None:
     assert not math.isnan(runs[0].best)
 
 
+@pytest.mark.integration
 def test_the_job_prints_the_runs_in_order_and_writes_the_plot(store: str, tmp_path: Path) -> None:
     plot = tmp_path / "curves.png"
     completed = subprocess.run(

@@ -115,12 +115,12 @@ def evaluation(training, home) -> Console:
     return console
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_training_prints_at_most_40_lines(training):
     assert len(training.lines) <= MAX_TRAINING_LINES, "\n".join(training.lines)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_training_starts_with_a_header_naming_run_data_model_workers_and_mlflow(training):
     first_epoch = next(i for i, line in enumerate(training.lines) if "epoch 1/" in line)
     header = "\n".join(training.lines[:first_epoch])
@@ -130,14 +130,14 @@ def test_training_starts_with_a_header_naming_run_data_model_workers_and_mlflow(
     assert "mlflow ui --backend-store-uri sqlite:///" in header
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_each_epoch_line_is_printed_exactly_once(training):
     epochs = [EPOCH_LINE.match(line) for line in training.lines]
     numbers = [int(match[1]) for match in epochs if match]
     assert numbers == list(range(1, EPOCHS + 1)), "\n".join(training.lines)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_epoch_bar_moves_before_its_epoch_ends(training):
     segments = training.segments
     for epoch in range(1, EPOCHS + 1):
@@ -154,7 +154,7 @@ def test_the_epoch_bar_moves_before_its_epoch_ends(training):
         assert any(0 < count < ITERATIONS_PER_EPOCH for count in counts), (epoch, counts)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_piped_training_prints_plain_lines_each_once(training):
     assert not ANSI_ESCAPE.search(training.raw), "ANSI codes in a piped console"
     assert "\r" not in training.raw, "a redrawn bar in a piped console"
@@ -164,7 +164,7 @@ def test_piped_training_prints_plain_lines_each_once(training):
     assert len(progress) <= EPOCHS * 9, "\n".join(progress)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_training_ends_with_the_summary(training):
     summary = "\n".join(training.lines[-8:])
     assert f"run {RUN_NAME} finished" in summary
@@ -172,7 +172,7 @@ def test_training_ends_with_the_summary(training):
         assert entry in summary, summary
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_training_shows_no_ray_chatter(training):
     console = "\n".join(training.lines)
     for chatter in (
@@ -188,7 +188,7 @@ def test_training_shows_no_ray_chatter(training):
         assert chatter not in console, chatter
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_evaluation_shows_one_progress_bar_and_the_final_table(evaluation):
     bars = [line for line in evaluation.lines if EVALUATION_BAR.search(line)]
     assert len(bars) == 1, "\n".join(evaluation.lines)

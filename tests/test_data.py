@@ -16,7 +16,7 @@ from pipeline.data.shard_writer import ShardWriter, write_manifest
 from pipeline.data.shards import Manifest, ShardRow, load_manifest
 from pipeline.data.transforms import AugmentationConfig, decode_image, decode_mask, normalize
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 COLOURS = np.array(
     [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255]], dtype=np.uint8

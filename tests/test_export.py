@@ -173,6 +173,7 @@ def assert_one_line_error(result, *named: str) -> None:
     assert all(name in lines[0] for name in named), lines[0]
 
 
+@pytest.mark.integration
 def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not a checkpoint\n")
@@ -182,6 +183,7 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
     assert not output.exists()
 
 
+@pytest.mark.integration
 def test_an_unknown_format_is_one_line(tmp_path, resnet18_checkpoint):
     output = tmp_path / "model.tflite"
     arguments = ["--checkpoint", str(resnet18_checkpoint), "--format", "tflite"]
@@ -190,6 +192,7 @@ def test_an_unknown_format_is_one_line(tmp_path, resnet18_checkpoint):
     assert not output.exists()
 
 
+@pytest.mark.integration
 def test_a_check_size_below_the_minimum_is_one_line(tmp_path, resnet18_checkpoint):
     output = tmp_path / "model.onnx"
     arguments = ["--checkpoint", str(resnet18_checkpoint), "--format", "onnx"]

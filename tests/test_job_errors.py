@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+# Every test here runs a job as a subprocess.
+pytestmark = pytest.mark.integration
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # compare.py waits for an unreachable tracking server for at most 30 s (pipeline.tracking);
 # the rest is importing torch, Ray and MLflow on a busy machine.
@@ -62,7 +65,7 @@ BAD_INPUTS = [
         ["--tracking-uri", "http://127.0.0.1:{port}"],
         "http://127.0.0.1:{port}",
         id="compare-unreachable-tracking-server",
-        marks=pytest.mark.slow,  # the bounded wait for the server is 30 s
+        marks=pytest.mark.integration,  # the bounded wait for the server is 30 s
     ),
 ]
 

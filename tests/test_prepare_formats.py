@@ -176,6 +176,7 @@ def test_folder_images_sharing_a_stem_are_duplicates(tmp_path: Path) -> None:
         convert("folder", tmp_path, tmp_path / "out", val_fraction=0.3)
 
 
+@pytest.mark.integration
 def test_job_prints_the_summary_table_and_manifest_path(tmp_path: Path) -> None:
     make_folder(tmp_path / "raw", ["a", "b", "c", "d"], ["x", "y", "z"])
     (tmp_path / "raw" / "masks" / "d.png").unlink()
@@ -190,6 +191,7 @@ def test_job_prints_the_summary_table_and_manifest_path(tmp_path: Path) -> None:
     assert f"manifest: {(tmp_path / 'out').resolve()}/manifest.json" in result.stdout
 
 
+@pytest.mark.integration
 def test_job_without_source_is_a_usage_error(tmp_path: Path) -> None:
     command = [sys.executable, "jobs/prepare_data.py", "--format", "voc", "--output", str(tmp_path)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)

@@ -21,7 +21,7 @@ def test_a_new_data_context_counts_no_completed_pass():
     assert completed_passes(DataContext()) == 0, RECHECK_PASSES
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_each_pass_over_a_dataset_sees_the_next_pass_index_inside_its_tasks(ray_session):
     # Defined here so that it travels to the Ray workers by value (they cannot import tests/).
     def _pass_seen_by_the_task(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -142,6 +142,7 @@ for name, module in sorted(sys.modules.items()):
 """
 
 
+@pytest.mark.integration
 def test_the_served_model_imports_every_project_module_from_its_own_code(model_folder, tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", LOAD_AND_LIST_MODULES, str(model_folder)],
@@ -273,6 +274,7 @@ def test_evaluating_a_registered_model_logs_its_data_set_as_an_input(ray_session
     assert [tag.value for tag in dataset.tags] == ["evaluation"]
 
 
+@pytest.mark.integration
 def test_registering_a_run_that_did_not_finish_is_refused(root, tracking_args, capsys):
     unfinished = finished_run(root, "cut-off-run", complete=False)
     argv = ["--run", unfinished.run_name, "--model-name", MODEL_NAME, *tracking_args]
@@ -282,6 +284,7 @@ def test_registering_a_run_that_did_not_finish_is_refused(root, tracking_args, c
     assert error.startswith("error: run 'cut-off-run' has not finished")
 
 
+@pytest.mark.integration
 def test_register_with_tracking_off_is_refused_before_training(capsys):
     for job in ("train", "tune"):
         argv = ["--set", "tracking.enabled=false", "--register", MODEL_NAME]
@@ -302,6 +305,7 @@ def test_a_model_uri_that_is_not_registered_is_refused(run, registered):
         load_registered_model("runs:/abc/model", tracking_of(run))
 
 
+@pytest.mark.integration
 def test_a_model_name_that_a_models_uri_cannot_hold_is_refused(run, tracking_args, capsys):
     argv = ["--run", run.run_name, "--model-name", "team/demo", *tracking_args]
     assert run_job(job_main("register"), argv) == 2

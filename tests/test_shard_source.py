@@ -75,7 +75,7 @@ def test_file_order_moves_whole_files_and_keeps_the_rows_inside_in_order(manifes
     assert orders == {tuple(first + second), tuple(second + first)}
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_each_pass_reads_every_row_once_in_that_pass_block_order(ray_session, manifest):
     dataset = read_shards(manifest, "train", ["id"], rows_per_block=2, order="blocks", seed=7)
     dataset.context.execution_options.preserve_order = True
@@ -85,7 +85,7 @@ def test_each_pass_reads_every_row_once_in_that_pass_block_order(ray_session, ma
         assert read == ids_of(ordered_blocks(blocks, "blocks", 7, pass_index)), pass_index
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_dataset_is_planned_without_opening_a_shard(ray_session, manifest, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(manifest.root, copy)

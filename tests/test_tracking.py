@@ -370,6 +370,7 @@ def test_a_client_for_a_sqlite_store_leaves_mlflows_http_settings_alone(store):
 
 
 @pytest.mark.usefixtures("mlflow_http_settings_unset")
+@pytest.mark.integration
 def test_an_unreachable_tracking_server_raises_one_error_naming_it_within_the_default_budget():
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
@@ -379,6 +380,7 @@ def test_an_unreachable_tracking_server_raises_one_error_naming_it_within_the_de
 
 
 @pytest.mark.usefixtures("mlflow_http_settings_unset")
+@pytest.mark.integration
 def test_an_unreachable_server_is_retried_for_a_longer_budget_but_never_past_it():
     url = f"http://127.0.0.1:{free_port()}"
     client = tracking_client(url)
@@ -397,6 +399,7 @@ def test_an_error_that_waiting_cannot_clear_is_raised_at_once(store):
         child_runs("0" * 32, tracking_uri=store)
 
 
+@pytest.mark.integration
 def test_a_sqlite_store_locked_past_the_budget_raises_advising_a_tracking_server(store):
     tracker = open_run(store, retry=RetryPolicy(budget_s=1.0))
     with (
@@ -406,6 +409,7 @@ def test_a_sqlite_store_locked_past_the_budget_raises_advising_a_tracking_server
         tracker.log_metrics({"loss": 1.0}, step=1)
 
 
+@pytest.mark.integration
 def test_a_sqlite_store_locked_for_less_than_the_budget_is_waited_out(store):
     tracker = open_run(store, retry=RetryPolicy(budget_s=60.0))
     with sqlite_locked(store) as lock:
@@ -484,7 +488,7 @@ def start_tracking_server(folder: Path) -> tuple[str, subprocess.Popen]:
     return f"http://127.0.0.1:{port}", server
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_runs_resume_through_a_tracking_server(tmp_path):
     url, server = start_tracking_server(tmp_path)
     try:
@@ -502,7 +506,7 @@ def test_runs_resume_through_a_tracking_server(tmp_path):
         stop_process_group(server)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.usefixtures("mlflow_http_settings_unset")
 def test_a_tracking_server_that_is_still_starting_is_waited_out(tmp_path):
     url, server = start_tracking_server(tmp_path)

@@ -61,20 +61,20 @@ def finished_run(ray_session, tmp_path_factory) -> FinishedRun:
     return FinishedRun(config, outcome, root, hashed)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_two_workers_finish_every_epoch(finished_run):
     assert finished_run.outcome.status == "finished"
     assert [int(epoch["epoch"]) for epoch in finished_run.outcome.history] == [1, 2]
     assert 0.0 <= finished_run.outcome.best_val_miou <= 1.0
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_mlflow_has_every_epoch_metric_exactly_once(finished_run):
     for key in (*EPOCH_METRICS, "val_miou", "val_pixel_accuracy", "val_iou/sky"):
         assert metric_steps(finished_run.config, "tiny", key) == [1, 2], key
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_each_epoch_logs_the_share_of_its_train_time_spent_waiting_for_data(finished_run):
     client = mlflow.MlflowClient(tracking_uri=finished_run.config.tracking.tracking_uri)
     run_id = finished_run.outcome.mlflow_run_id
@@ -92,7 +92,7 @@ def test_each_epoch_logs_the_share_of_its_train_time_spent_waiting_for_data(fini
         assert fraction[epoch] == pytest.approx(wait[epoch] / epoch_time[epoch], rel=1e-6)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_mlflow_run_has_params_tags_and_artifacts(finished_run):
     client = mlflow.MlflowClient(tracking_uri=finished_run.config.tracking.tracking_uri)
     run = client.get_run(finished_run.outcome.mlflow_run_id)
@@ -105,7 +105,7 @@ def test_mlflow_run_has_params_tags_and_artifacts(finished_run):
     assert {"config.yaml", "per_class_iou.csv", "best_checkpoint.json"} <= artifacts
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_checkpoints_hold_weights_classes_and_resume_state(finished_run):
     loaded = load_checkpoint(finished_run.outcome.best_checkpoint)
     assert loaded.class_names[0] == "sky"
@@ -115,34 +115,34 @@ def test_checkpoints_hold_weights_classes_and_resume_state(finished_run):
     assert {"scaler", "scheduler", "epoch", "global_iteration"} <= set(loaded.extra)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_training_start_hashes_every_shard_exactly_once(finished_run):
     manifest = load_manifest(finished_run.config.data.path, verify=False)
     every_shard = sorted(shard.path for split in manifest.splits.values() for shard in split.shards)
     assert sorted(finished_run.shards_hashed) == every_shard
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_checkpoint_folder_written_by_training_names_its_training_run(finished_run):
     folder = Path(finished_run.outcome.best_checkpoint).parent
     assert folder.name.startswith("epoch_")
     assert load_project_checkpoint(folder).training_run == "tiny"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_latest_checkpoint_is_the_last_epoch(finished_run):
     latest = latest_checkpoint("tiny", finished_run.root / "runs")
     assert read_progress(latest).epoch == 2
     assert Path(best_checkpoint("tiny", finished_run.root / "runs")).is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_resolved_config_is_stored_with_the_run(finished_run):
     stored = yaml.safe_load((Path(finished_run.outcome.run_folder) / CONFIG_FILE).read_text())
     assert stored["model"]["backbone"] == "resnet18"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_finished_run_named_again_is_reported_complete(finished_run):
     again = train_or_resume(finished_run.config, "tiny")
     assert again.status == "already_complete"

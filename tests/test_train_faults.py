@@ -27,7 +27,7 @@ TESTS = Path(__file__).resolve().parent
 REPO_ROOT = TESTS.parent
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_killed_workers_are_replaced_and_every_epoch_reaches_mlflow_exactly_once(
     ray_session, tmp_path
 ):
@@ -49,7 +49,7 @@ def test_killed_workers_are_replaced_and_every_epoch_reaches_mlflow_exactly_once
         assert metric_steps(config, "killed-workers", key) == [1, 2], key
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_nan_loss_stops_training_with_a_clear_error_and_no_restart(ray_session, tmp_path):
     # Iteration 3 is the first step of epoch 2.
     config = tiny_config(tmp_path)
@@ -92,7 +92,7 @@ def registered_checkpoint(storage: Path) -> bool:
         return False
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_killed_driver_resubmitted_by_name_resumes_and_a_finished_run_says_complete(
     ray_session, tmp_path
 ):

@@ -270,7 +270,7 @@ def child_runs_by_lr(config: ExperimentConfig, parent_run_id: str) -> dict[float
     return {float(run.data.params["optimization.lr"]): run for run in runs}
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.usefixtures("ray_session")
 def test_a_grid_search_logs_every_trial_stops_the_useless_one_and_records_the_best(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -336,7 +336,7 @@ def test_a_grid_search_logs_every_trial_stops_the_useless_one_and_records_the_be
     assert parent.info.status == "FINISHED"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.usefixtures("ray_session")
 def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
     tmp_path: Path,
