@@ -132,7 +132,7 @@ def experiment_config(
     )
 
 
-def run_description(config: ExperimentConfig, num_classes: int) -> CheckpointMetadata:
+def checkpoint_metadata(config: ExperimentConfig, num_classes: int) -> CheckpointMetadata:
     augmentation = config.data.augmentation
     return CheckpointMetadata(
         run_name="gpu-check",
@@ -226,7 +226,7 @@ def train_variant(args: argparse.Namespace, device: torch.device, variant: Train
         torch.cuda.reset_peak_memory_stats(device)
     state = build_training_state(
         config,
-        run_description(config, args.num_classes),
+        checkpoint_metadata(config, args.num_classes),
         features,
         device,
         rank=0,
@@ -305,10 +305,10 @@ def check_distributed(
         # Built directly: device_features turns SyncBatchNorm off at world size 1.
         features = DeviceFeatures(torch.bfloat16, channels_last=True, sync_batchnorm=True)
         check.features = features_dict(features)
-        description = run_description(config, args.num_classes)
+        metadata = checkpoint_metadata(config, args.num_classes)
         state = build_training_state(
             config,
-            description,
+            metadata,
             features,
             device,
             rank=0,
@@ -333,7 +333,7 @@ def check_distributed(
             metrics = validate(
                 state.model,
                 shard,
-                class_names=description.class_names,
+                class_names=metadata.class_names,
                 ignore_index=IGNORE_INDEX,
                 batch_size=2,
                 features=features,
@@ -376,7 +376,7 @@ def compare_eval(args: argparse.Namespace, device: torch.device) -> EvalComparis
     config = experiment_config(args, "none", "auto")
     features = device_features(config.scaling, device, world_size=1)
     model = build_training_model(
-        config.model, run_description(config, args.num_classes), features, device, seed=0
+        config.model, checkpoint_metadata(config, args.num_classes), features, device, seed=0
     )
     batch = random_batch(config, args.batch_size, args.size, args.size, args.num_classes, 2)
     images, _ = batch_to_device(batch, device, features.channels_last, config.data.augmentation)
