@@ -400,3 +400,27 @@ def test_the_installed_ray_is_the_version_the_table_was_checked_against():
         "against the new release, then update RAY_VERSION_CHECKED"
     )
     assert all(entry.checked_in_ray == installed for entry in BELOW_PUBLIC_API)
+
+
+# --- No history in the manuals, docstrings or benchmarks ----------------------------------------
+# Dates and commit hashes belong in git and in benchmarks/RESULTS.md (current figures, dated).
+DATE = re.compile(r"\b20\d\d-[01]\d-[0-3]\d\b")
+COMMIT_HASH = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b")
+
+
+def dated_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if DATE.search(line) or COMMIT_HASH.search(line)]
+
+
+def test_no_manual_docstring_or_benchmark_carries_a_date_or_a_commit_hash():
+    found = []
+    for path in (ROOT / "README.md", ARCHITECTURE_MD, *BENCHMARKS):
+        found += [
+            f"{path.relative_to(ROOT)}: {line.strip()}" for line in dated_lines(path.read_text())
+        ]
+    for path in python_files("apcnet", "pipeline", "jobs", "tools"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                doc = ast.get_docstring(node) or ""
+                found += [f"{path.relative_to(ROOT)}: {line.strip()}" for line in dated_lines(doc)]
+    assert not found, "dates or commit hashes (history lives in git):\n" + "\n".join(found)

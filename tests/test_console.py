@@ -12,6 +12,7 @@ iterations per epoch, 2 epochs); evaluation then reads that run's best checkpoin
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 
 from pipeline.console import header, logs
 from pipeline.train.connection import variables_for_workers
+from pipeline.train.state import read_progress
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB_TIMEOUT_S = 300
@@ -162,6 +164,15 @@ def test_piped_training_prints_plain_lines_each_once(training):
     progress = [line for line in training.lines if EPOCH_PROGRESS.match(line)]
     assert len(progress) == len(set(progress)), "\n".join(training.lines)
     assert len(progress) <= EPOCHS * 9, "\n".join(progress)
+
+
+@pytest.mark.integration
+def test_training_learns(training, home):
+    summary = json.loads((home / "runs" / RUN_NAME / "COMPLETE.json").read_text())
+    history = read_progress(summary["latest_checkpoint"]).history
+    first, last = history[0]["train_loss"], history[-1]["train_loss"]
+    assert last < 0.97 * first, f"mean train loss {first:.4f} -> {last:.4f}"
+    assert summary["best_val_miou"] >= 5 * summary["majority_baseline_miou"], summary
 
 
 @pytest.mark.integration

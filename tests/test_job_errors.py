@@ -55,6 +55,12 @@ BAD_INPUTS = [
         id="train-register-without-tracking",
     ),
     pytest.param(
+        "train.py",
+        ["--set", "scaling.sync_batchnorm=true"],
+        "scaling.sync_batchnorm is true but scaling.use_gpu is false",
+        id="train-sync-batchnorm-on-cpu",
+    ),
+    pytest.param(
         "register.py",
         ["--run", "missing-run", "--model-name", "demo", "--storage-path", "{tmp}"],
         "no training run 'missing-run' in {tmp}",

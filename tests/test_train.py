@@ -17,7 +17,14 @@ from pipeline.data.formats import synthetic
 from pipeline.data.majority_baseline import majority_class_miou
 from pipeline.data.shards import load_manifest
 from pipeline.data.training_data import data_set_path
+from pipeline.evaluate.counts import evaluate_locally
+from pipeline.evaluate.evaluation import (
+    EvaluationRequest,
+    load_evaluation_model,
+    read_split_samples,
+)
 from pipeline.evaluate.inference_model import load_project_checkpoint
+from pipeline.evaluate.testtime import TestTimeOptions
 from pipeline.train.driver import TrainOutcome, train_or_resume
 from pipeline.train.run_folder import (
     CONFIG_FILE,
@@ -25,7 +32,7 @@ from pipeline.train.run_folder import (
     default_run_name,
     latest_checkpoint,
 )
-from pipeline.train.state import read_progress
+from pipeline.train.state import checkpoint_folder_name, read_progress
 
 EPOCH_METRICS = (
     "train_loss",
@@ -47,7 +54,8 @@ class FinishedRun(NamedTuple):
 @pytest.fixture(scope="module")
 def finished_run(ray_session, tmp_path_factory) -> FinishedRun:
     root = tmp_path_factory.mktemp("train")
-    config = tiny_config(root)
+    # One checkpoint kept by score: pruning shows on a two-epoch run.
+    config = tiny_config(root, "checkpointing.num_to_keep=1")
     hashed: list[str] = []
     verify_shard = shards._verify_shard
     with pytest.MonkeyPatch.context() as patch:
@@ -134,6 +142,37 @@ def test_latest_checkpoint_is_the_last_epoch(finished_run):
     latest = latest_checkpoint("tiny", finished_run.root / "runs")
     assert read_progress(latest).epoch == 2
     assert Path(best_checkpoint("tiny", finished_run.root / "runs")).is_file()
+
+
+def logged_per_epoch(run: FinishedRun, key: str) -> dict[int, float]:
+    client = mlflow.MlflowClient(tracking_uri=run.config.tracking.tracking_uri)
+    history = client.get_metric_history(run.outcome.mlflow_run_id, key)
+    return {metric.step: metric.value for metric in history}
+
+
+@pytest.mark.integration
+def test_the_last_epochs_val_miou_is_a_single_process_count_of_its_checkpoint(finished_run):
+    latest = latest_checkpoint("tiny", finished_run.root / "runs")
+    inference, manifest = load_evaluation_model(EvaluationRequest(checkpoint=latest))
+    samples = read_split_samples(manifest, "val", inference.mean, inference.std)
+    num_classes = len(manifest.class_names)
+    counts = evaluate_locally(inference.model, samples, TestTimeOptions(), num_classes)
+    logged = logged_per_epoch(finished_run, "val_miou")
+    assert counts.scores().miou == logged[read_progress(latest).epoch]
+
+
+@pytest.mark.integration
+def test_the_best_checkpoint_is_the_epoch_with_the_highest_val_miou_and_the_rest_are_pruned(
+    finished_run,
+):
+    logged = logged_per_epoch(finished_run, "val_miou")
+    best_epoch = max(logged, key=logged.__getitem__)
+    best = best_checkpoint("tiny", finished_run.root / "runs")
+    assert read_progress(best).epoch == best_epoch
+    assert finished_run.outcome.best_val_miou == logged[best_epoch]
+    folders = {path.name for path in Path(finished_run.outcome.run_folder).glob("epoch_*")}
+    # num_to_keep=1 keeps the best by val_miou; Ray also keeps the latest, to resume from.
+    assert folders == {checkpoint_folder_name(best_epoch), checkpoint_folder_name(2)}
 
 
 @pytest.mark.integration

@@ -299,6 +299,11 @@ def validate_config(config: ExperimentConfig, *, check_paths: bool = True) -> No
         )
     if optimization.lr <= 0:
         raise ConfigError(f"optimization.lr must be positive, got {optimization.lr}")
+    if scaling.sync_batchnorm is True and not scaling.use_gpu:
+        raise ConfigError(
+            "scaling.sync_batchnorm is true but scaling.use_gpu is false: SyncBatchNorm needs "
+            "GPU workers; set scaling.sync_batchnorm to auto (off on CPU) or false"
+        )
     data_path = config.data.path
     is_local = data_path is not None and "://" not in data_path
     if check_paths and is_local and not Path(data_path).expanduser().exists():
