@@ -59,13 +59,15 @@ COMMANDS = {
     "restart-tracking": "stop the MLflow server and start it again on the same port and store",
     "down": "stop every process the replica started",
 }
+DEFAULT_DIRECTORY = apcnet_home() / "local-cluster"
 READ_ONLY = ("env", "status")  # no waiting for an `up` in progress
 
 
 def run_command(args: argparse.Namespace, directory: Path) -> int:
     if args.command == "up":
         replica = up(directory, args.nodes, args.cpus_per_node, args.object_store_mb, args.bucket)
-        print(up_report(replica))
+        default = directory == DEFAULT_DIRECTORY.expanduser().resolve()
+        print(up_report(replica, default_directory=default))
     elif args.command == "env":
         print(export_lines(require_replica(directory)))
     elif args.command == "status":
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument(
             "--dir",
             type=Path,
-            default=apcnet_home() / "local-cluster",
+            default=DEFAULT_DIRECTORY,
             help="the replica's folder (default: $APCNET_HOME/local-cluster; keep it short)",
         )
         if name == "up":

@@ -1,5 +1,6 @@
 """What the commands print about a replica: the status table, the user's shell exports, the
-runtime_env a job needs, and the `ray job submit` line that trains on the replica."""
+runtime_env a job needs, and the commands that prepare data, train and evaluate on it: the
+same commands as the README's replica section (tests/test_replica_commands.py keeps them so)."""
 
 from __future__ import annotations
 
@@ -29,20 +30,35 @@ def export_lines(replica: Replica) -> str:
     variables = {**ray, **job_env(replica)}
     lines = [f"export {key}={shlex.quote(value)}" for key, value in variables.items()]
     runtime_env = shlex.quote(json.dumps({"env_vars": job_env(replica)}))
-    lines.append(f"RUNTIME_ENV_JSON={runtime_env}  # for: ray job submit --runtime-env-json")
+    lines.append(f"export RUNTIME_ENV_JSON={runtime_env}  # for: ray job submit --runtime-env-json")
     return "\n".join([*lines, f"# bucket: s3://{replica.bucket}"])
 
 
-def train_command(replica: Replica) -> str:
-    """`ray job submit` for training on the replica, one worker per worker node."""
-    runtime_env = shlex.quote(json.dumps({"env_vars": job_env(replica)}))
-    return (
-        f"ray job submit --working-dir . --runtime-env-json {runtime_env} -- python jobs/train.py"
-        f" --set data.path=s3://{replica.bucket}/shards/synthetic"
-        f" --set checkpointing.storage_path=s3://{replica.bucket}/runs"
+# The example run the printed commands train and evaluate.
+EXAMPLE_RUN = "local-1"
+
+
+def walkthrough(replica: Replica, default_directory: bool) -> list[str]:
+    """The commands a person runs next, one per line, with the exports of `env` in the shell:
+    prepare a small data set in the bucket, train on one worker per worker node (a submitted
+    job, followed by its logs), evaluate the run, bring the replica down. `--dir` is named
+    unless the replica is in the default folder."""
+    directory = "" if default_directory else f" --dir {shlex.quote(replica.directory)}"
+    shards = f"s3://{replica.bucket}/shards/synthetic"
+    runs = f"s3://{replica.bucket}/runs"
+    submit = 'ray job submit --working-dir . --runtime-env-json "$RUNTIME_ENV_JSON"'
+    return [
+        f'eval "$({TOOL_COMMAND} env{directory})"',
+        "python jobs/prepare_data.py --format synthetic --num-train 96 --num-val 16 --size 64"
+        f" --output {shards}",
+        f"{submit} --no-wait --submission-id {EXAMPLE_RUN} -- python jobs/train.py"
+        f" --name {EXAMPLE_RUN} --set data.path={shards} --set checkpointing.storage_path={runs}"
         f" --set scaling.num_workers={len(replica.nodes) - 1}"
-        f" --set 'scaling.resources_per_worker={{CPU: 1, {WORKER_RESOURCE}: 1}}'"
-    )
+        f" --set 'scaling.resources_per_worker={{CPU: 1, {WORKER_RESOURCE}: 1}}'",
+        f"ray job logs -f {EXAMPLE_RUN}",
+        f"{submit} -- python jobs/evaluate.py --run {EXAMPLE_RUN} --storage-path {runs}",
+        f"{TOOL_COMMAND} down{directory}",
+    ]
 
 
 def status_lines(replica: Replica) -> list[str]:
@@ -62,17 +78,18 @@ def status_lines(replica: Replica) -> list[str]:
     return lines
 
 
-def up_report(replica: Replica) -> str:
-    """What `up` prints: the status, the exports, the training command, how to bring it down."""
-    command = f"{TOOL_COMMAND} {{}} --dir {shlex.quote(replica.directory)}"
+def up_report(replica: Replica, default_directory: bool) -> str:
+    """What `up` prints: the status, the exports, the commands to run next, and the dashboard
+    (it asks for the replica's token)."""
     return "\n".join(
         [
             *status_lines(replica),
-            f'\nExports (or: eval "$({command.format("env")})"):',
+            "\nExports:",
             export_lines(replica),
             f"\nThe bucket s3://{replica.bucket} lives in memory: it is gone after `down`.",
-            "Train on it (from the repository root, with the exports):",
-            train_command(replica),
-            f"\nBring it down: {command.format('down')}",
+            "Next, from the repository root (training takes about 3 minutes, evaluation about 80 s):",
+            *walkthrough(replica, default_directory),
+            f"\nDashboard: {replica.dashboard_url} (it asks for a token: the contents of"
+            f" {replica.token_path})",
         ]
     )
