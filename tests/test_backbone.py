@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from import_probe import modules_imported_by
+from helpers.import_probe import modules_imported_by
 
 from apcnet import APCNet
 from apcnet.backbone import build_backbone, download_imagenet_weights

@@ -23,7 +23,8 @@ from pathlib import Path
 import boto3
 import mlflow
 import pytest
-from local_cluster_fixture import LocalCluster, local_cluster_fixture  # noqa: F401
+from helpers.local_cluster import LocalCluster, local_cluster_fixture  # noqa: F401
+from helpers.runs import metric_steps
 
 from pipeline.data.shards import DatasetError, load_manifest
 from pipeline.evaluate.counts import evaluate_locally
@@ -175,16 +176,17 @@ def mlflow_run(cluster: LocalCluster, name: str):
     return client, runs[0]
 
 
-def metric_steps(cluster: LocalCluster, name: str, key: str) -> list[int]:
-    client, run = mlflow_run(cluster, name)
-    return sorted(metric.step for metric in client.get_metric_history(run.info.run_id, key))
+def logged_steps(cluster: LocalCluster, name: str, key: str) -> list[int]:
+    """The steps of `key` in the one MLflow run named `name` on the replica's server."""
+    _, run = mlflow_run(cluster, name)
+    return metric_steps(cluster.mlflow_url, run.info.run_id, key)
 
 
 def wait_for_epoch(cluster: LocalCluster, name: str, epoch: int, timeout_s: float = 400) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if epoch in metric_steps(cluster, name, "train_loss"):
+            if epoch in logged_steps(cluster, name, "train_loss"):
                 return
         except AssertionError:  # the run is not there yet
             pass
@@ -362,9 +364,9 @@ def test_training_with_every_path_on_s3_survives_a_lost_node(node_loss_run):
 def test_every_epoch_reaches_mlflow_exactly_once_with_artifacts_in_the_bucket(
     local_cluster, node_loss_run
 ):
-    assert metric_steps(local_cluster, "lost-node", "train_loss") == [1, 2, 3]
+    assert logged_steps(local_cluster, "lost-node", "train_loss") == [1, 2, 3]
     # Validation runs every evaluation.every_epochs epochs and after the last one.
-    validated = metric_steps(local_cluster, "lost-node", "val_miou")
+    validated = logged_steps(local_cluster, "lost-node", "val_miou")
     assert validated == sorted(set(validated)) and validated[-1] == 3, validated
     _, run = mlflow_run(local_cluster, "lost-node")
     assert run.info.status == "FINISHED"
@@ -489,12 +491,24 @@ def test_a_tracking_outage_loses_no_epoch_and_without_a_replacement_node_the_job
     wait_for_epoch(local_cluster, "no-replacement", 1)
     stopped = local_cluster.tool("stop-tracking")
     assert stopped.returncode == 0, stopped.stderr
+    outage_began_ms = time.time() * 1000
     time.sleep(30)
+    outage_ended_ms = time.time() * 1000
     started = local_cluster.tool("start-tracking")
     assert started.returncode == 0, started.stderr
     wait_for_epoch(local_cluster, "no-replacement", 3)
-    logged = metric_steps(local_cluster, "no-replacement", "train_loss")
+    logged = logged_steps(local_cluster, "no-replacement", "train_loss")
     assert logged == list(range(1, len(logged) + 1)), logged
+    # A metric is stamped when its logging call begins: one stamped inside the outage was
+    # logged by a call that could not reach the server then, and reached it after.
+    client, run = mlflow_run(local_cluster, "no-replacement")
+    stamps = [m.timestamp for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert any(outage_began_ms <= stamp <= outage_ended_ms for stamp in stamps), (
+        "no epoch was logged during the outage",
+        outage_began_ms,
+        outage_ended_ms,
+        stamps,
+    )
 
     # Then the last worker node goes, and none replaces it.
     parts = json.loads((local_cluster.directory / "state.json").read_text())["parts"]

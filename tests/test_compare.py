@@ -1,11 +1,10 @@
 """Specification of run comparison: MLflow runs as a table sorted by a metric, plus curves."""
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers.jobs import run_job_process
 
 from pipeline.tracking.compare import (
     collect_runs,
@@ -15,7 +14,6 @@ from pipeline.tracking.compare import (
 )
 from pipeline.tracking.runs import RunTracker
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "compare-spec"
 
 
@@ -95,25 +93,9 @@ def test_plot_writes_a_png_file(store: str, tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_the_job_prints_the_runs_in_order_and_writes_the_plot(store: str, tmp_path: Path) -> None:
     plot = tmp_path / "curves.png"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "jobs/compare.py",
-            "--experiment",
-            EXPERIMENT,
-            "--parent",
-            "search",
-            "--tracking-uri",
-            store,
-            "--plot",
-            str(plot),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    arguments = ["--experiment", EXPERIMENT, "--parent", "search", "--tracking-uri", store]
+    arguments += ["--plot", str(plot)]
+    completed = run_job_process("compare.py", arguments, home=tmp_path / "home", timeout=120)
     assert completed.returncode == 0, completed.stderr
     names = [line.split()[1] for line in completed.stdout.splitlines()[2:5]]
     assert names == ["best", "middle", "worst"]

@@ -13,20 +13,17 @@ iterations per epoch, 2 epochs); evaluation then reads that run's best checkpoin
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers.jobs import REPO_ROOT, run_job_process
 
 from pipeline.console import header, logs
 from pipeline.train.connection import variables_for_workers
 from pipeline.train.state import read_progress
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB_TIMEOUT_S = 300
 RUN_NAME = "console"
 EPOCHS = 2
@@ -80,22 +77,9 @@ class Console:
 
 
 def run_job(job: str, arguments: list[str], home: Path) -> Console:
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "APCNET_VERBOSE")
-    }
-    environment["APCNET_HOME"] = str(home)
-    result = subprocess.run(
-        [sys.executable, f"jobs/{job}", *arguments],
-        cwd=REPO_ROOT,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        timeout=JOB_TIMEOUT_S,
-    )
-    # Decoded by hand: text mode would turn each carriage return into a new line.
-    return Console(result.stdout.decode(errors="replace"), result.returncode)
+    """`python jobs/<job>`, its stdout and stderr read together as one console."""
+    result = run_job_process(job, arguments, home=home, timeout=JOB_TIMEOUT_S, one_stream=True)
+    return Console(result.stdout, result.returncode)
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,17 @@
 """Reading shards through Ray Data: fixed training shapes, reproducible epochs, exact evaluation."""
 
 import hashlib
-import io
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import ray
-from PIL import Image
+from helpers.datasets import png_bytes, write_shard_set
 
 from pipeline.config.ingest import IngestOptions
 from pipeline.data.ingest import data_config, eval_dataset, train_dataset
-from pipeline.data.shard_writer import ShardWriter, write_manifest
-from pipeline.data.shards import Manifest, ShardRow, load_manifest
+from pipeline.data.shards import Manifest, ShardRow
 from pipeline.data.transforms import AugmentationConfig, decode_image, decode_mask, normalize
 
 pytestmark = pytest.mark.integration
@@ -28,12 +26,6 @@ CROP = AugmentationConfig(crop_size=(32, 48), scale_range=(0.5, 2.0), flip_prob=
 FIXED = AugmentationConfig(crop_size=(96, 96), scale_range=(1.0, 1.0), flip_prob=0.0)
 
 
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def colour_coded_row(index: int, height: int, width: int) -> ShardRow:
     """Solid colour blocks (lossless PNG) whose mask is the class of each colour; 255 border."""
     rng = np.random.default_rng(index)
@@ -41,32 +33,22 @@ def colour_coded_row(index: int, height: int, width: int) -> ShardRow:
     mask = np.kron(blocks, np.ones((8, 8), dtype=np.int64))[:height, :width].astype(np.uint8)
     image = COLOURS[mask]
     mask[0, :] = 255
-    return ShardRow(f"sample-{index:03d}", png(image), png(mask), height, width)
+    return ShardRow(f"sample-{index:03d}", png_bytes(image), png_bytes(mask), height, width)
 
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Manifest:
     """Seven images of mixed sizes in the train and val splits, two shards each."""
-    root = tmp_path_factory.mktemp("shards")
-    splits = {}
-    for split in ("train", "val"):
-        with ShardWriter(root, split, max_rows=4, row_group_rows=2) as writer:
-            for index, (height, width) in enumerate(SIZES):
-                writer.write(colour_coded_row(index, height, width))
-            splits[split] = writer.close()
-    write_manifest(
-        root,
-        Manifest(
-            format_version=1,
-            dataset="colour-blocks",
-            class_names=tuple(f"class{k}" for k in range(len(COLOURS))),
-            palette=tuple(tuple(int(v) for v in colour) for colour in COLOURS),
-            ignore_index=255,
-            splits=splits,
-            converter={"name": "test"},
-        ),
+    rows = [colour_coded_row(index, height, width) for index, (height, width) in enumerate(SIZES)]
+    return write_shard_set(
+        tmp_path_factory.mktemp("shards"),
+        {"train": rows, "val": rows},
+        class_names=[f"class{k}" for k in range(len(COLOURS))],
+        palette=[tuple(int(v) for v in colour) for colour in COLOURS],
+        dataset="colour-blocks",
+        max_rows=4,
+        row_group_rows=2,
     )
-    return load_manifest(Path(root))
 
 
 def sample_fingerprints(dataset) -> list[str]:

@@ -1,7 +1,6 @@
 """Batch evaluation: exact distributed counts, the MLflow evaluation run, reference checkpoints,
 and refusing bad input before anything is logged."""
 
-import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,13 +8,14 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from helpers.datasets import png_bytes, write_shard_set, write_split
 from PIL import Image
 
 from apcnet import APCNet
 from apcnet.checkpoint import save_checkpoint
 from apcnet.mmseg import apcnet_key_to_reference
-from pipeline.data.shard_writer import ShardWriter, write_manifest
-from pipeline.data.shards import FORMAT_VERSION, DatasetError, Manifest, ShardRow, load_manifest
+from pipeline.data.shard_writer import write_manifest
+from pipeline.data.shards import DatasetError, ShardRow, load_manifest
 from pipeline.evaluate.counts import evaluate_locally, image_counts
 from pipeline.evaluate.evaluation import (
     EvaluationRequest,
@@ -43,32 +43,23 @@ MULTI_SCALE_FLIP = TestTimeOptions(
 TRAINING_RUN = "tiny-training-run"
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
+def random_rows(sizes, num_classes: int) -> list[ShardRow]:
+    """Random images and masks of the given (height, width), about a tenth of pixels 255."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for index, (height, width) in enumerate(sizes):
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        mask = rng.integers(0, num_classes, (height, width), dtype=np.uint8)
+        mask[rng.random((height, width)) < 0.1] = 255
+        rows.append(ShardRow(f"img{index}", png_bytes(image), png_bytes(mask), height, width))
+    return rows
 
 
 def write_tiny_dataset(root: Path, sizes=SIZES, class_names=CLASS_NAMES) -> Path:
     """A prepared data set with a `val` split of random images and masks (some pixels 255)."""
-    rng = np.random.default_rng(0)
-    with ShardWriter(root, "val", max_rows=2) as writer:
-        for index, (height, width) in enumerate(sizes):
-            image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-            mask = rng.integers(0, len(class_names), (height, width), dtype=np.uint8)
-            mask[rng.random((height, width)) < 0.1] = 255
-            writer.write(ShardRow(f"img{index}", png_bytes(image), png_bytes(mask), height, width))
-        split = writer.close()
-    manifest = Manifest(
-        format_version=FORMAT_VERSION,
-        dataset="tiny",
-        class_names=tuple(class_names),
-        palette=PALETTE[: len(class_names)],
-        ignore_index=255,
-        splits={"val": split},
-        converter={"name": "test"},
-    )
-    write_manifest(root, manifest)
+    rows = random_rows(sizes, len(class_names))
+    palette = PALETTE[: len(class_names)]
+    write_shard_set(root, {"val": rows}, class_names, palette, max_rows=2)
     return root
 
 
@@ -280,10 +271,9 @@ def test_evaluation_that_crashes_leaves_its_run_marked_failed(ray_session, tmp_p
     # Masks labelled up to class 4 while the model and manifest know 3 classes: the actors
     # fail while counting, after the run was created.
     data = write_tiny_dataset(tmp_path / "data", sizes=((9, 11),))
-    with ShardWriter(tmp_path / "data", "test") as writer:
-        image = png_bytes(np.zeros((9, 11, 3), dtype=np.uint8))
-        writer.write(ShardRow("bad", image, png_bytes(np.full((9, 11), 4, np.uint8)), 9, 11))
-        test_split = writer.close()
+    image = png_bytes(np.zeros((9, 11, 3), dtype=np.uint8))
+    bad = ShardRow("bad", image, png_bytes(np.full((9, 11), 4, np.uint8)), 9, 11)
+    test_split = write_split(tmp_path / "data", "test", [bad])
     manifest = load_manifest(data)
     write_manifest(data, replace(manifest, splits={**manifest.splits, "test": test_split}))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -8,21 +8,19 @@ run at three sizes: two whose stage-4 maps no pool scale divides (97 x 133 -> 13
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import onnx
 import pytest
 import torch
-from reference_checkpoint import randomise_batchnorms, reference_state_dict
-from test_job_errors import run_job
+from helpers.jobs import job_main, run_job_process
+from helpers.reference_checkpoint import randomise_batchnorms, reference_state_dict
 
 import apcnet
 from apcnet.checkpoint import load_model, save_checkpoint
 from apcnet.export import ONNX, TORCH_EXPORT, ExportError, check_input_size, load_exported
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CLASS_NAMES = ("background", "road", "car")
 PALETTE = ((0, 0, 0), (128, 64, 128), (0, 0, 142))
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
@@ -37,10 +35,7 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 def export_job(*arguments: str) -> None:
     """jobs/export.py's main, in this process (the job adds the repository to sys.path)."""
-    spec = importlib.util.spec_from_file_location("export_job", REPO_ROOT / "jobs" / "export.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main([*arguments, *CHECK_SIZE]) == 0
+    assert job_main("export")([*arguments, *CHECK_SIZE]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +174,8 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
     notes.write_text("not a checkpoint\n")
     output = tmp_path / "model.onnx"
     arguments = ["--checkpoint", str(notes), "--format", "onnx", "--output", str(output)]
-    assert_one_line_error(run_job("export.py", arguments, tmp_path / "home"), str(notes))
+    result = run_job_process("export.py", arguments, home=tmp_path / "home", ray="unreachable")
+    assert_one_line_error(result, str(notes))
     assert not output.exists()
 
 
@@ -187,7 +183,8 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
 def test_an_unknown_format_is_one_line(tmp_path, resnet18_checkpoint):
     output = tmp_path / "model.tflite"
     arguments = ["--checkpoint", str(resnet18_checkpoint), "--format", "tflite"]
-    result = run_job("export.py", [*arguments, "--output", str(output)], tmp_path / "home")
+    arguments += ["--output", str(output)]
+    result = run_job_process("export.py", arguments, home=tmp_path / "home", ray="unreachable")
     assert_one_line_error(result, "'tflite'", "onnx, torch-export")
     assert not output.exists()
 
@@ -197,6 +194,6 @@ def test_a_check_size_below_the_minimum_is_one_line(tmp_path, resnet18_checkpoin
     output = tmp_path / "model.onnx"
     arguments = ["--checkpoint", str(resnet18_checkpoint), "--format", "onnx"]
     arguments += ["--output", str(output), "--check-size", "8", "64"]
-    result = run_job("export.py", arguments, tmp_path / "home")
+    result = run_job_process("export.py", arguments, home=tmp_path / "home", ray="unreachable")
     assert_one_line_error(result, "8 x 64", "minimum input size 9 x 9")
     assert not output.exists()

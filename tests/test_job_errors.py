@@ -9,19 +9,16 @@ differently (a connection error with a traceback), not with the one line.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers.jobs import job_module, run_job_process
+
+from pipeline.train.connection import free_local_port
 
 # Every test here runs a job as a subprocess.
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # compare.py waits for an unreachable tracking server for at most 30 s (pipeline.tracking);
 # the rest is importing torch, Ray and MLflow on a busy machine.
 JOB_TIMEOUT_S = 120
@@ -76,27 +73,6 @@ BAD_INPUTS = [
 ]
 
 
-def free_port() -> int:
-    """A local TCP port nobody listens on (bound for a moment, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def run_job(job: str, arguments: list[str], home: Path) -> subprocess.CompletedProcess:
-    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    environment["APCNET_HOME"] = str(home)
-    environment["RAY_ADDRESS"] = f"127.0.0.1:{free_port()}"
-    return subprocess.run(
-        [sys.executable, f"jobs/{job}", *arguments],
-        cwd=REPO_ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=JOB_TIMEOUT_S,
-    )
-
-
 def filled(template: str, tmp: Path, port: int) -> str:
     return template.format(tmp=tmp, port=port)
 
@@ -105,8 +81,11 @@ def filled(template: str, tmp: Path, port: int) -> str:
 def test_bad_input_is_one_line_naming_it_and_exit_code_2(
     job: str, arguments: list[str], named: str, tmp_path: Path
 ) -> None:
-    port = free_port()
-    result = run_job(job, [filled(a, tmp_path, port) for a in arguments], tmp_path / "home")
+    port = free_local_port()
+    filled_in = [filled(a, tmp_path, port) for a in arguments]
+    result = run_job_process(
+        job, filled_in, home=tmp_path / "home", ray="unreachable", timeout=JOB_TIMEOUT_S
+    )
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, result.stdout + result.stderr
     assert len(lines) == 1, result.stderr
@@ -118,20 +97,18 @@ def test_bad_input_is_one_line_naming_it_and_exit_code_2(
 def test_debug_adds_the_traceback_before_the_line(tmp_path: Path) -> None:
     source = tmp_path / "missing"
     arguments = ["--format", "folder", "--source", str(source), "--output", str(tmp_path / "out")]
-    result = run_job("prepare_data.py", [*arguments, "--debug"], tmp_path / "home")
+    result = run_job_process(
+        "prepare_data.py",
+        [*arguments, "--debug"],
+        home=tmp_path / "home",
+        ray="unreachable",
+        timeout=JOB_TIMEOUT_S,
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback (most recent call last)" in result.stderr
     assert "DatasetError" in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and str(source) in last_line
-
-
-def load_cli():
-    """jobs/cli.py as a module (jobs/ is not installed; the jobs put the repository on sys.path)."""
-    spec = importlib.util.spec_from_file_location("jobs_cli", REPO_ROOT / "jobs" / "cli.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def raising(error: BaseException):
@@ -142,30 +119,30 @@ def raising(error: BaseException):
 
 
 def test_the_exit_code_of_main_is_returned() -> None:
-    assert load_cli().run_job(lambda argv: 3, []) == 3
-    assert load_cli().run_job(lambda argv: None, []) == 0
+    assert job_module("cli").run_job(lambda argv: 3, []) == 3
+    assert job_module("cli").run_job(lambda argv: None, []) == 0
 
 
 def test_ctrl_c_is_one_line_and_exit_code_130(capsys) -> None:
-    assert load_cli().run_job(raising(KeyboardInterrupt()), []) == 130
+    assert job_module("cli").run_job(raising(KeyboardInterrupt()), []) == 130
     assert capsys.readouterr().err == "interrupted\n"
 
 
 def test_a_bug_keeps_its_exception() -> None:
     with pytest.raises(ZeroDivisionError):
-        load_cli().run_job(raising(ZeroDivisionError("division by zero")), ["--debug"])
+        job_module("cli").run_job(raising(ZeroDivisionError("division by zero")), ["--debug"])
 
 
 def test_a_diverged_training_run_is_one_line_and_exit_code_1(capsys) -> None:
     from pipeline.train.failures import NonFiniteLossError
 
     error = NonFiniteLossError("loss is nan at epoch 2")
-    assert load_cli().run_job(raising(error), []) == 1
+    assert job_module("cli").run_job(raising(error), []) == 1
     assert capsys.readouterr().err == "error: loss is nan at epoch 2\n"
 
 
 def test_an_unreadable_checkpoint_is_a_user_error(capsys) -> None:
     from apcnet.checkpoint import CheckpointError
 
-    assert load_cli().run_job(raising(CheckpointError("not a checkpoint: x.pt")), []) == 2
+    assert job_module("cli").run_job(raising(CheckpointError("not a checkpoint: x.pt")), []) == 2
     assert capsys.readouterr().err == "error: not a checkpoint: x.pt\n"

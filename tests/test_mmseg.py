@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_checkpoint import StateDict, reference_state_dict
+from helpers.reference_checkpoint import StateDict, reference_state_dict
 
 import apcnet
 from apcnet.mmseg import apcnet_key_to_reference, infer_arguments

@@ -1,19 +1,18 @@
 """Prediction to files: palette masks and overlays written through the actor pool, and the
 pictures they are made of."""
 
-import importlib.util
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.datasets import png_bytes, write_shard_set
+from helpers.jobs import job_main
 from PIL import Image
 
 from apcnet import APCNet
 from apcnet.checkpoint import save_checkpoint
-from pipeline.data.shard_writer import ShardWriter, write_manifest
-from pipeline.data.shards import FORMAT_VERSION, Manifest, ShardRow
+from pipeline.data.shards import ShardRow
 from pipeline.evaluate.actor_pool import plan_actor_pool
 from pipeline.evaluate.inference_model import InferenceError
 from pipeline.evaluate.pictures import (
@@ -35,15 +34,6 @@ PALETTE = ((0, 0, 0), (128, 64, 128), (0, 128, 0))
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 IMAGE_SIZES = {"small": (17, 23), "wide": (30, 52), "tall": (41, 19)}
-JOB = Path(__file__).resolve().parent.parent / "jobs" / "predict.py"
-
-
-def predict_main(argv: list[str]) -> None:
-    """Run jobs/predict.py's main() in this process (the job file is not in a package)."""
-    spec = importlib.util.spec_from_file_location("predict_job", JOB)
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    job.main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -113,19 +103,12 @@ def test_no_temporary_file_is_left_behind(predicted):
 
 def test_a_data_set_split_is_predicted_by_sample_id(ray_session, checkpoint, tmp_path):
     data = tmp_path / "data"
-    buffer = io.BytesIO()
-    Image.fromarray(np.zeros((9, 13, 3), dtype=np.uint8)).save(buffer, format="PNG")
-    mask = io.BytesIO()
-    Image.fromarray(np.zeros((9, 13), dtype=np.uint8)).save(mask, format="PNG")
-    with ShardWriter(data, "val") as writer:
-        writer.write(ShardRow("city/frame1", buffer.getvalue(), mask.getvalue(), 9, 13))
-        split = writer.close()
-    write_manifest(
-        data,
-        Manifest(FORMAT_VERSION, "tiny", CLASS_NAMES, PALETTE, 255, {"val": split}, {}),
-    )
+    image = png_bytes(np.zeros((9, 13, 3), dtype=np.uint8))
+    mask = png_bytes(np.zeros((9, 13), dtype=np.uint8))
+    row = ShardRow("city/frame1", image, mask, 9, 13)
+    write_shard_set(data, {"val": [row]}, CLASS_NAMES, PALETTE)
     output = tmp_path / "out"
-    predict_main(
+    job_main("predict")(
         [
             *("--checkpoint", str(checkpoint), "--input", str(data / "manifest.json")),
             *("--output", str(output), "--actors", "1"),

@@ -1,18 +1,15 @@
 """ADE20K, Pascal-Context, Cityscapes and plain-folder conversion, and the job's summary."""
 
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.jobs import run_job_process
 from PIL import Image
 
 from pipeline.data.formats.prepare import PrepareOptions, prepare_dataset
 from pipeline.data.shards import DatasetError, load_manifest, read_shard_rows
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def write_image(path: Path, height: int = 12, width: int = 16, fmt: str = "JPEG") -> None:
@@ -180,10 +177,10 @@ def test_folder_images_sharing_a_stem_are_duplicates(tmp_path: Path) -> None:
 def test_job_prints_the_summary_table_and_manifest_path(tmp_path: Path) -> None:
     make_folder(tmp_path / "raw", ["a", "b", "c", "d"], ["x", "y", "z"])
     (tmp_path / "raw" / "masks" / "d.png").unlink()
-    command = [sys.executable, "jobs/prepare_data.py", "--format", "folder"]
-    command += ["--source", str(tmp_path / "raw"), "--output", str(tmp_path / "out")]
-    command += ["--val-fraction", "0.25", "--on-error", "skip", "--workers", "1", "--no-progress"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
+    arguments = ["--format", "folder"]
+    arguments += ["--source", str(tmp_path / "raw"), "--output", str(tmp_path / "out")]
+    arguments += ["--val-fraction", "0.25", "--on-error", "skip", "--workers", "1", "--no-progress"]
+    result = run_job_process("prepare_data.py", arguments, home=tmp_path / "home", check=True)
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["split", "images", "shards", "skipped"]
     assert set(lines[1]) <= {"-", " "}, "a rule under the header"
@@ -193,6 +190,6 @@ def test_job_prints_the_summary_table_and_manifest_path(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_job_without_source_is_a_usage_error(tmp_path: Path) -> None:
-    command = [sys.executable, "jobs/prepare_data.py", "--format", "voc", "--output", str(tmp_path)]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    arguments = ["--format", "voc", "--output", str(tmp_path)]
+    result = run_job_process("prepare_data.py", arguments, home=tmp_path / "home")
     assert result.returncode == 2 and "--format voc needs --source" in result.stderr

@@ -4,18 +4,16 @@ the training state's own save, as a worker writes it after an epoch)."""
 
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
 
 import mlflow
 import numpy as np
 import pytest
-import torch
+from helpers.datasets import tiny_synthetic_set
+from helpers.runs import FinishedRun, run_without_ray, tiny_config
 from PIL import Image
-from training_helpers import tiny_config
 
 from jobs.train import print_picture
 from pipeline.config.schema import ExperimentConfig
-from pipeline.data.formats.synthetic import write_synthetic
 from pipeline.data.shard_writer import write_manifest
 from pipeline.data.shards import SplitInfo, load_manifest
 from pipeline.evaluate.evaluation import prediction_grid
@@ -23,67 +21,17 @@ from pipeline.evaluate.inference_model import load_project_checkpoint
 from pipeline.evaluate.pictures import COLUMN_TITLES
 from pipeline.evaluate.preview import DEFAULT_PREVIEW_SAMPLES, write_training_preview
 from pipeline.evaluate.testtime import TestTimeOptions
-from pipeline.tracking.runs import RunTracker
-from pipeline.train.device import device_features
-from pipeline.train.driver import TrainOutcome
-from pipeline.train.run_folder import PREVIEW_FILE, run_folder
-from pipeline.train.settings import CheckpointMetadata
-from pipeline.train.state import build_training_state, checkpoint_folder_name
+from pipeline.train.run_folder import PREVIEW_FILE
 
 NUM_VAL = 6  # more than the picture shows: it takes the first DEFAULT_PREVIEW_SAMPLES
 TILE_HEIGHT = 160  # sample_grid's defaults: 32 px images become 160 px square tiles
 GAP = 4
 
 
-class TrainedRun(NamedTuple):
-    config: ExperimentConfig
-    outcome: TrainOutcome
-
-
-def write_checkpoint(config: ExperimentConfig, run_name: str, manifest_file: str) -> str:
-    """`<run folder>/epoch_0001/checkpoint.pt`, saved the way a training worker saves it."""
-    manifest = load_manifest(manifest_file, verify=False)
-    description = CheckpointMetadata.of_run(run_name, config, manifest, manifest_file)
-    device = torch.device("cpu")
-    state = build_training_state(
-        config,
-        description,
-        device_features(config.scaling, device, world_size=1),
-        device,
-        rank=0,
-        total_iterations=1,
-    )
-    folder = Path(run_folder(run_name, config.checkpointing.storage_path))
-    return str(state.save(folder / checkpoint_folder_name(1), description))
-
-
-def trained_run(
-    config: ExperimentConfig, run_name: str, manifest_file: str, tracked: bool
-) -> TrainedRun:
-    checkpoint = write_checkpoint(config, run_name, manifest_file)
-    run_id = None
-    if tracked:
-        tracking = config.tracking
-        with RunTracker.open(
-            run_name, tracking_uri=tracking.tracking_uri, experiment=tracking.experiment_name
-        ) as tracker:  # ended FINISHED, as the driver ends a finished run
-            run_id = tracker.run_id
-    outcome = TrainOutcome(
-        run_name=run_name,
-        status="finished",
-        run_folder=run_folder(run_name, config.checkpointing.storage_path),
-        best_val_miou=0.5,
-        best_checkpoint=checkpoint,
-        latest_checkpoint=checkpoint,
-        mlflow_run_id=run_id,
-    )
-    return TrainedRun(config, outcome)
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("preview")
-    write_synthetic(root / "data", num_train=8, num_val=NUM_VAL, size=32, seed=0)
+    tiny_synthetic_set(root / "data", num_val=NUM_VAL)
     return root
 
 
@@ -93,8 +41,8 @@ def config(root) -> ExperimentConfig:
 
 
 @pytest.fixture(scope="module")
-def tracked(config, root) -> TrainedRun:
-    return trained_run(config, "tracked", str(root / "data" / "manifest.json"), tracked=True)
+def tracked(config) -> FinishedRun:
+    return run_without_ray(config, "tracked")
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +84,8 @@ def test_the_tracked_run_gets_the_picture_as_an_artifact_and_stays_finished(
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
-def test_an_untracked_run_gets_the_picture_in_its_folder_only(config, root):
-    untracked = trained_run(config, "untracked", str(root / "data" / "manifest.json"), False)
+def test_an_untracked_run_gets_the_picture_in_its_folder_only(config):
+    untracked = run_without_ray(config, "untracked", tracked=False)
     picture = write_training_preview(untracked.outcome, untracked.config, num_samples=1)
     assert picture == str(Path(untracked.outcome.run_folder) / PREVIEW_FILE)
     assert Path(picture).is_file()
@@ -147,7 +95,7 @@ def test_a_run_without_validation_images_gets_no_picture(config, root):
     manifest = load_manifest(root / "data", verify=False)
     no_val = root / "no-val"
     manifest_file = write_manifest(no_val, replace(manifest, splits={"val": SplitInfo(())}))
-    run = trained_run(config, "no-val", manifest_file, tracked=False)
+    run = run_without_ray(config, "no-val", manifest_file=manifest_file, tracked=False)
     assert write_training_preview(run.outcome, run.config) is None
     assert not (Path(run.outcome.run_folder) / PREVIEW_FILE).exists()
 

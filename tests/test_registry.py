@@ -3,7 +3,7 @@ evaluated by its models:/ URI; MLflow's own conventions (experiment kind, datase
 the run's Models column); and the registration mistakes a user can make, one line each.
 
 MLflow on SQLite under the test's folder; the run is written without Ray
-(`registry_helpers.finished_run`); only the evaluation of the registered model starts Ray."""
+(`helpers.runs.run_without_ray`); only the evaluation of the registered model starts Ray."""
 
 import subprocess
 import sys
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers.jobs import job_main
+from helpers.runs import BEST_VAL_MIOU, run_without_ray, tiny_config
 from mlflow.artifacts import download_artifacts
-from registry_helpers import BEST_VAL_MIOU, finished_run, job_main
 
 from jobs.cli import run_job
 from pipeline.config.schema import ConfigError, load_config
@@ -47,6 +48,7 @@ from pipeline.tracking.tags import (
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 MODEL_NAME = "registry-demo"
+EXPERIMENT = "registry-tests"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(root):
-    return finished_run(root, "registered-run")
+    return run_without_ray(tiny_config(root, experiment=EXPERIMENT), "registered-run")
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +278,8 @@ def test_evaluating_a_registered_model_logs_its_data_set_as_an_input(ray_session
 
 @pytest.mark.integration
 def test_registering_a_run_that_did_not_finish_is_refused(root, tracking_args, capsys):
-    unfinished = finished_run(root, "cut-off-run", complete=False)
+    config = tiny_config(root, experiment=EXPERIMENT)
+    unfinished = run_without_ray(config, "cut-off-run", complete=False)
     argv = ["--run", unfinished.run_name, "--model-name", MODEL_NAME, *tracking_args]
     assert run_job(job_main("register"), argv) == 2
     error = capsys.readouterr().err.strip()

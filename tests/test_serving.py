@@ -2,15 +2,11 @@
 a POST of one image with the mask `jobs/predict.py` writes for it, pixel for pixel, and
 answers an image that is not (H, W, 3) uint8 with HTTP 400 and a message.
 
-The server runs in its own process group, started here and stopped by killing that group;
-its port is checked free afterwards."""
+The server runs in its own process group (`helpers.mlflow_server`), stopped by killing that
+group; its port is checked free afterwards."""
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.jobs import job_main
+from helpers.mlflow_server import start_model_server
+from helpers.runs import run_without_ray, tiny_config
 from PIL import Image
-from registry_helpers import finished_run, job_main
 
 from jobs.cli import run_job
 from pipeline.evaluate.registry import RegistrationRequest, register_run
@@ -28,12 +26,6 @@ MODEL_NAME = "served-demo"
 # (width, height): a VOC-sized photo and a small odd-sized one.
 IMAGE_SIZES = {"voc": (500, 375), "odd": (97, 129)}
 SERVER_START_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def port_is_free(port: int) -> bool:
@@ -69,7 +61,7 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(root):
-    return finished_run(root, "served-run")
+    return run_without_ray(tiny_config(root, experiment="registry-tests"), "served-run")
 
 
 @pytest.fixture(scope="module")
@@ -119,40 +111,14 @@ def predicted_masks(ray_session, run, images, root) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def server(run, model_uri):
     """The port of `mlflow models serve` for the registered model, ready to answer."""
-    port = free_port()
-    environment = dict(os.environ, MLFLOW_TRACKING_URI=run.config.tracking.tracking_uri)
-    # The server starts uvicorn by name: this environment's bin folder comes first.
-    bin_folder = Path(sys.executable).parent
-    environment["PATH"] = f"{bin_folder}{os.pathsep}{environment['PATH']}"
-    command = [str(bin_folder / "mlflow"), "models", "serve", "-m", model_uri]
-    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
-    log = open(Path(run.config.checkpointing.storage_path).parent / "server.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        command,
-        env=environment,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, stopped as one below
-    )
+    tracking_uri = run.config.tracking.tracking_uri
+    serving = start_model_server(model_uri, tracking_uri, run.root / "server.log")
+    port = serving.port
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            assert process.poll() is None, f"the server exited: see {log.name}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, f"no answer within the timeout: {log.name}"
-                time.sleep(0.5)
+        serving.wait_until_serving("/ping", timeout_s=SERVER_START_TIMEOUT_S)
         yield port
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        log.close()
+        serving.stop()
         deadline = time.monotonic() + 10
         while not port_is_free(port) and time.monotonic() < deadline:
             time.sleep(0.2)

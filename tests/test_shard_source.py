@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers.datasets import write_shard_set
 
 from pipeline.data.shard_source import (
     ShardBlock,
@@ -13,7 +14,6 @@ from pipeline.data.shard_source import (
     read_shards,
     shard_blocks,
 )
-from pipeline.data.shard_writer import ShardWriter, write_manifest
 from pipeline.data.shards import DatasetError, Manifest, ShardRow, load_manifest
 
 ROWS = 7
@@ -22,16 +22,16 @@ ROWS = 7
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Manifest:
     """A train split of 7 rows in two shards (4 + 3 rows) of 2-row row groups."""
-    root = tmp_path_factory.mktemp("shards")
-    with ShardWriter(root, "train", max_rows=4, row_group_rows=2) as writer:
-        for index in range(ROWS):
-            writer.write(ShardRow(f"s{index}", b"image", b"mask", 1, 1))
-        split = writer.close()
-    write_manifest(
-        root,
-        Manifest(1, "rows", ("a",), ((0, 0, 0),), 255, {"train": split}, {"name": "test"}),
+    rows = [ShardRow(f"s{index}", b"image", b"mask", 1, 1) for index in range(ROWS)]
+    return write_shard_set(
+        tmp_path_factory.mktemp("shards"),
+        {"train": rows},
+        class_names=["a"],
+        palette=[(0, 0, 0)],
+        dataset="rows",
+        max_rows=4,
+        row_group_rows=2,
     )
-    return load_manifest(Path(root))
 
 
 def ids_of(blocks: list[ShardBlock]) -> list[str]:

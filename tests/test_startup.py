@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from import_probe import modules_imported_by
+from helpers.import_probe import modules_imported_by
 
 from pipeline.train.connection import joins_a_cluster
 

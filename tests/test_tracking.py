@@ -5,19 +5,17 @@ import contextlib
 import json
 import os
 import re
-import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
+from helpers.mlflow_server import start_tracking_server
+from helpers.runs import metric_steps
 from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
 
@@ -46,6 +44,7 @@ from pipeline.tracking.tags import (
     PARENT_RUN_TAG,
     RUN_NAME_TAG,
 )
+from pipeline.train.connection import free_local_port
 
 
 @pytest.fixture
@@ -55,11 +54,6 @@ def store(tmp_path: Path) -> str:
 
 def open_run(store: str, name: str = "r50-voc", **kwargs) -> RunTracker:
     return RunTracker.open(name, tracking_uri=store, experiment="tests", **kwargs)
-
-
-def metric_steps(store: str, run_id: str, key: str) -> list[int]:
-    history = mlflow.MlflowClient(tracking_uri=store).get_metric_history(run_id, key)
-    return sorted(metric.step for metric in history)
 
 
 def downloaded_text(store: str, run_id: str, artifact: str, folder: Path) -> str:
@@ -372,7 +366,7 @@ def test_a_client_for_a_sqlite_store_leaves_mlflows_http_settings_alone(store):
 @pytest.mark.usefixtures("mlflow_http_settings_unset")
 @pytest.mark.integration
 def test_an_unreachable_tracking_server_raises_one_error_naming_it_within_the_default_budget():
-    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{free_local_port()}"  # nothing listens there
     started = time.monotonic()
     with pytest.raises(TrackingUnavailableError, match=re.escape(f"curl {url}/health")):
         RunTracker.open("nowhere", tracking_uri=url, experiment="tests")
@@ -382,7 +376,7 @@ def test_an_unreachable_tracking_server_raises_one_error_naming_it_within_the_de
 @pytest.mark.usefixtures("mlflow_http_settings_unset")
 @pytest.mark.integration
 def test_an_unreachable_server_is_retried_for_a_longer_budget_but_never_past_it():
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{free_local_port()}"
     client = tracking_client(url)
     policy = RetryPolicy(budget_s=50.0)
     started = time.monotonic()
@@ -428,71 +422,12 @@ def test_a_sqlite_store_locked_for_less_than_the_budget_is_waited_out(store):
 # A real tracking server
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_serving(url: str, server: subprocess.Popen, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"mlflow server exited early with code {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(1.0)
-    raise TimeoutError(f"mlflow server at {url} not ready after {timeout_s} s")
-
-
-def stop_process_group(process: subprocess.Popen, grace_s: float = 60.0) -> None:
-    """SIGTERM the group this test started, then SIGKILL it if it is still there after grace_s."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
-
-
-def start_tracking_server(folder: Path) -> tuple[str, subprocess.Popen]:
-    """`mlflow server` on a free loopback port with its store and artifacts in `folder`, in
-    its own process group (so that `stop_process_group` reaches its workers); (URL, process).
-    It answers once started, which takes seconds."""
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{folder / 'server.db'}",
-            "--artifacts-destination",
-            str(folder / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    return f"http://127.0.0.1:{port}", server
-
-
 @pytest.mark.integration
 def test_runs_resume_through_a_tracking_server(tmp_path):
-    url, server = start_tracking_server(tmp_path)
+    server = start_tracking_server(tmp_path)
+    url = server.url
     try:
-        wait_until_serving(url, server)
+        server.wait_until_serving("/health")
         first = RunTracker.open("served", tracking_uri=url, experiment="tests")
         first.log_metrics({"loss": 1.0}, step=1)
         first.log_text("served", "note.txt")
@@ -503,16 +438,17 @@ def test_runs_resume_through_a_tracking_server(tmp_path):
         assert metric_steps(url, first.run_id, "loss") == [1, 2]
         assert list((tmp_path / "artifacts").rglob("note.txt"))
     finally:
-        stop_process_group(server)
+        server.stop()
 
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("mlflow_http_settings_unset")
 def test_a_tracking_server_that_is_still_starting_is_waited_out(tmp_path):
-    url, server = start_tracking_server(tmp_path)
+    server = start_tracking_server(tmp_path)
+    url = server.url
     try:
         client = tracking_client(url)
         experiments = call_with_retry(client.search_experiments, url, RetryPolicy(budget_s=180))
         assert [experiment.name for experiment in experiments] == ["Default"]
     finally:
-        stop_process_group(server)
+        server.stop()

@@ -2,16 +2,15 @@
 
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
 
 import mlflow
 import numpy as np
 import pytest
 import yaml
-from training_helpers import metric_steps, tiny_config
+from helpers.runs import FinishedRun, metric_steps, mlflow_run_id, tiny_config
 
 from apcnet.checkpoint import load_checkpoint
-from pipeline.config.schema import ConfigError, ExperimentConfig, config_to_yaml, load_config
+from pipeline.config.schema import ConfigError, config_to_yaml, load_config
 from pipeline.data import shards
 from pipeline.data.formats import synthetic
 from pipeline.data.majority_baseline import majority_class_miou
@@ -25,7 +24,7 @@ from pipeline.evaluate.evaluation import (
 )
 from pipeline.evaluate.inference_model import load_project_checkpoint
 from pipeline.evaluate.testtime import TestTimeOptions
-from pipeline.train.driver import TrainOutcome, train_or_resume
+from pipeline.train.driver import train_or_resume
 from pipeline.train.run_folder import (
     CONFIG_FILE,
     best_checkpoint,
@@ -44,29 +43,27 @@ EPOCH_METRICS = (
 )
 
 
-class FinishedRun(NamedTuple):
-    config: ExperimentConfig
-    outcome: TrainOutcome
-    root: Path
-    shards_hashed: list[str]
+@pytest.fixture(scope="module")
+def shards_hashed() -> list[str]:
+    """The shards that `finished_run`'s driver hashed, in order, once it has trained."""
+    return []
 
 
 @pytest.fixture(scope="module")
-def finished_run(ray_session, tmp_path_factory) -> FinishedRun:
+def finished_run(ray_session, tmp_path_factory, shards_hashed) -> FinishedRun:
     root = tmp_path_factory.mktemp("train")
     # One checkpoint kept by score: pruning shows on a two-epoch run.
     config = tiny_config(root, "checkpointing.num_to_keep=1")
-    hashed: list[str] = []
     verify_shard = shards._verify_shard
     with pytest.MonkeyPatch.context() as patch:
         # Counted on the driver, where a training start verifies the data set.
         patch.setattr(
             shards,
             "_verify_shard",
-            lambda root, shard: hashed.append(shard.path) or verify_shard(root, shard),
+            lambda root, shard: shards_hashed.append(shard.path) or verify_shard(root, shard),
         )
         outcome = train_or_resume(config, "tiny")
-    return FinishedRun(config, outcome, root, hashed)
+    return FinishedRun(config, outcome)
 
 
 @pytest.mark.integration
@@ -78,8 +75,10 @@ def test_two_workers_finish_every_epoch(finished_run):
 
 @pytest.mark.integration
 def test_mlflow_has_every_epoch_metric_exactly_once(finished_run):
+    config = finished_run.config
+    logged = mlflow_run_id(config, "tiny")
     for key in (*EPOCH_METRICS, "val_miou", "val_pixel_accuracy", "val_iou/sky"):
-        assert metric_steps(finished_run.config, "tiny", key) == [1, 2], key
+        assert metric_steps(config.tracking.tracking_uri, logged, key) == [1, 2], key
 
 
 @pytest.mark.integration
@@ -124,10 +123,10 @@ def test_checkpoints_hold_weights_classes_and_resume_state(finished_run):
 
 
 @pytest.mark.integration
-def test_a_training_start_hashes_every_shard_exactly_once(finished_run):
+def test_a_training_start_hashes_every_shard_exactly_once(finished_run, shards_hashed):
     manifest = load_manifest(finished_run.config.data.path, verify=False)
     every_shard = sorted(shard.path for split in manifest.splits.values() for shard in split.shards)
-    assert sorted(finished_run.shards_hashed) == every_shard
+    assert sorted(shards_hashed) == every_shard
 
 
 @pytest.mark.integration

@@ -1,20 +1,18 @@
 """Specification of training under faults: dead workers, a stopped driver, a NaN loss.
 
-Workers really die (`os._exit` through the test-only hooks of tests/training_faults.py); the
-driver is really killed (a `jobs/train.py` subprocess connected to the shared test cluster).
+Workers really die (`os._exit` through the test-only hooks of tests/helpers/faults/training.py);
+the driver is really killed (a `jobs/train.py` subprocess connected to the shared test cluster).
 """
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import ray
-from training_faults import NanLossAt, kill_marker
-from training_helpers import metric_steps, tiny_config
+from helpers.faults.training import NanLossAt, kill_marker
+from helpers.jobs import run_job_process, start_job_process
+from helpers.runs import metric_steps, mlflow_run_id, tiny_config
 
 from pipeline.config.schema import config_to_yaml
 from pipeline.train.driver import train_or_resume
@@ -24,7 +22,6 @@ from pipeline.train.run_folder import latest_checkpoint
 from pipeline.train.state import read_progress
 
 TESTS = Path(__file__).resolve().parent
-REPO_ROOT = TESTS.parent
 
 
 @pytest.mark.integration
@@ -37,16 +34,17 @@ def test_killed_workers_are_replaced_and_every_epoch_reaches_mlflow_exactly_once
     config_file = tmp_path / "killed.yaml"
     config_file.write_text(config_to_yaml(config))
     python_path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
-    hooks = {HOOKS_ENV: "training_faults:two_worker_deaths", "PYTHONPATH": python_path}
-    job = run_job("--config", str(config_file), "--name", "killed-workers", env=hooks)
+    hooks = {HOOKS_ENV: "helpers.faults.training:two_worker_deaths", "PYTHONPATH": python_path}
+    job = run_job(tmp_path, "--config", str(config_file), "--name", "killed-workers", env=hooks)
     assert job.returncode == 0, job.stderr[-3000:]
     folder = tmp_path / "runs" / "killed-workers"
     assert kill_marker(folder, "before-report", 1).exists()
     assert kill_marker(folder, "mid-epoch", 2).exists()
     history = read_progress(latest_checkpoint("killed-workers", tmp_path / "runs")).history
     assert [int(epoch["epoch"]) for epoch in history] == [1, 2]
+    logged = mlflow_run_id(config, "killed-workers")
     for key in ("train_loss", "lr", "val_miou", "epoch_time_s"):
-        assert metric_steps(config, "killed-workers", key) == [1, 2], key
+        assert metric_steps(config.tracking.tracking_uri, logged, key) == [1, 2], key
 
 
 @pytest.mark.integration
@@ -58,31 +56,18 @@ def test_a_nan_loss_stops_training_with_a_clear_error_and_no_restart(ray_session
         train_or_resume(config, "nan-loss", hooks=[NanLossAt(iteration=3)])
     latest = latest_checkpoint("nan-loss", tmp_path / "runs")
     assert read_progress(latest).epoch == 1, "the last good checkpoint is kept"
-    assert metric_steps(config, "nan-loss", "train_loss") == [1]
-    assert metric_steps(config, "nan-loss", "nonfinite_loss") == [2]
+    uri, logged = config.tracking.tracking_uri, mlflow_run_id(config, "nan-loss")
+    assert metric_steps(uri, logged, "train_loss") == [1]
+    assert metric_steps(uri, logged, "nonfinite_loss") == [2]
     assert time.perf_counter() - started < 600
 
 
-def run_job(
-    *arguments: str, timeout: float = 600, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "jobs/train.py", *arguments],
-        cwd=REPO_ROOT,
-        env={**job_environment(), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+def run_job(root: Path, *arguments: str, timeout: float = 600, env: dict[str, str] | None = None):
+    """`jobs/train.py <arguments>` to its end, its driver joining the shared test cluster
+    instead of starting its own; its home is <root>/home."""
+    return run_job_process(
+        "train.py", arguments, home=root / "home", env=env, ray="shared", timeout=timeout
     )
-
-
-def job_environment() -> dict[str, str]:
-    """The job's driver joins the shared test cluster instead of starting its own."""
-    return {
-        **os.environ,
-        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
-    }
 
 
 def registered_checkpoint(storage: Path) -> bool:
@@ -100,12 +85,12 @@ def test_a_killed_driver_resubmitted_by_name_resumes_and_a_finished_run_says_com
     config_file = tmp_path / "resumable.yaml"
     config_file.write_text(config_to_yaml(config))
 
-    driver = subprocess.Popen(
-        [sys.executable, "jobs/train.py", "--config", str(config_file), "--name", "resumable"],
-        cwd=REPO_ROOT,
-        env=job_environment(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    driver = start_job_process(
+        "train.py",
+        ["--config", str(config_file), "--name", "resumable"],
+        home=tmp_path / "home",
+        log=tmp_path / "killed-driver.log",
+        ray="shared",
     )
     # Kill the driver once Ray has registered a checkpoint (the record resume starts from).
     deadline = time.monotonic() + 600
@@ -118,11 +103,12 @@ def test_a_killed_driver_resubmitted_by_name_resumes_and_a_finished_run_says_com
     assert not (tmp_path / "runs" / "resumable" / "COMPLETE.json").exists()
 
     # Resubmitting the same job (same config, same name) resumes it.
-    resumed = run_job("--config", str(config_file), "--name", "resumable")
+    resumed = run_job(tmp_path, "--config", str(config_file), "--name", "resumable")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming resumable after epoch" in resumed.stdout + resumed.stderr
-    assert metric_steps(config, "resumable", "train_loss") == [1, 2]
+    logged = mlflow_run_id(config, "resumable")
+    assert metric_steps(config.tracking.tracking_uri, logged, "train_loss") == [1, 2]
 
-    again = run_job("--config", str(config_file), "--name", "resumable", timeout=300)
+    again = run_job(tmp_path, "--config", str(config_file), "--name", "resumable", timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already complete" in again.stdout

@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 import pytest
-from import_probe import modules_imported_by
+from helpers.import_probe import modules_imported_by
 from PIL import Image
 
 from pipeline.data.transforms import (

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.faults.tune import InterruptAfterTrials
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from ray import tune
-from tune_faults import InterruptAfterTrials
 
 from pipeline.config.schema import ExperimentConfig, load_config
 from pipeline.config.search import (

@@ -2,9 +2,9 @@
 
 A worker really dies (`os._exit(1)`, no cleanup, like a crashed process), once per run: a
 marker file in the run folder remembers the kill, so the replacement worker that Ray Train
-starts trains on. Tests install these hooks through `train_or_resume(..., hooks=...)` (or `RunRequest.hooks`) or, for a job
-run as a subprocess, through `APCNET_TRAINING_HOOKS=training_faults:<factory>` with this
-folder on PYTHONPATH.
+starts trains on. Tests install these hooks through `train_or_resume(..., hooks=...)` (or
+`RunRequest.hooks`) or, for a job run as a subprocess, through
+`APCNET_TRAINING_HOOKS=helpers.faults.training:<factory>` with tests/ on PYTHONPATH.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A test module uses it by importing the fixture function (which registers the fixture
 `local_cluster` in that module):
 
-    from local_cluster_fixture import local_cluster_fixture  # noqa: F401
+    from helpers.local_cluster import local_cluster_fixture  # noqa: F401
 
 The fixture IS the user's command: `python tools/local_cluster.py up` in a subprocess whose
 environment holds no AWS_* or MLFLOW_* variable, and `down` afterwards, followed by a check by
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .jobs import REPO_ROOT
+
 TOOL = REPO_ROOT / "tools" / "local_cluster.py"
 DROPPED_PREFIXES = ("AWS_", "MLFLOW_")
 DROPPED = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")

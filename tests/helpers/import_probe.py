@@ -3,9 +3,8 @@
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .jobs import REPO_ROOT
 
 
 def modules_imported_by(program: str, modules: Sequence[str]) -> list[str]:
