@@ -13,6 +13,7 @@ epochs); the assertions are the cluster's, not the model's.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -31,9 +32,13 @@ from pipeline.evaluate.counts import evaluate_locally
 from pipeline.evaluate.evaluation import read_split_samples
 from pipeline.evaluate.inference_model import load_project_checkpoint
 from pipeline.evaluate.testtime import TestTimeOptions
+from pipeline.train.hooks import HOOKS_ENV
 from pipeline.train.run_folder import latest_checkpoint
 
 pytestmark = pytest.mark.integration
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from replica.parts import NODE_LABEL  # noqa: E402
 
 # What a job records as its code version when it runs outside a git checkout.
 JOB_COMMIT = "abc123"
@@ -83,7 +88,12 @@ def job_variables(cluster: LocalCluster, home: Path) -> dict[str, str]:
 
 
 def submit_training(
-    cluster: LocalCluster, name: str, home: Path, *overrides: str, wait: bool = False
+    cluster: LocalCluster,
+    name: str,
+    home: Path,
+    *overrides: str,
+    wait: bool = False,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     bucket = cluster.bucket
     settings = [
@@ -101,7 +111,7 @@ def submit_training(
         "--submission-id",
         name,
         "--runtime-env-json",
-        json.dumps({"env_vars": job_variables(cluster, home)}),
+        json.dumps({"env_vars": {**job_variables(cluster, home), **(env or {})}}),
         *([] if wait else ["--no-wait"]),
         "--",
         "python",
@@ -253,6 +263,67 @@ def node_loss_run(local_cluster: LocalCluster, shards, tmp_path_factory) -> dict
         "workers_after": worker_nodes(local_cluster),
         "replacement": replacement,
     }
+
+
+def labelled_worker_node(cluster: LocalCluster, node_id: str) -> int:
+    """The replica's index (n<index>) of the Ray node `node_id`, from the label it starts with."""
+    script = (
+        "import json, sys\n"
+        "from ray.util import state\n"
+        "rows = state.list_nodes(limit=1000, detail=True)\n"
+        "print(json.dumps([r.labels for r in rows if r.node_id == sys.argv[1]][0]))\n"
+    )
+    result = cluster.run([sys.executable, "-c", script, node_id], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    labels = json.loads(result.stdout.strip().splitlines()[-1])
+    return int(labels[NODE_LABEL].removeprefix("n"))
+
+
+def wait_for_log(cluster: LocalCluster, job_id: str, text: str, timeout_s: float = 300) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        logs = job_logs(cluster, job_id)
+        if text in logs:
+            return logs
+        time.sleep(2)
+    raise AssertionError(f"{text!r} never appeared in the logs of {job_id}:\n{logs[-6000:]}")
+
+
+@pytest.fixture(scope="module")
+def elastic_run(local_cluster: LocalCluster, shards, tmp_path_factory) -> dict:
+    """An elastic job, num_workers [1, 2] with one worker per worker node: the node of rank 1
+    is preempted with a 20 s notice (the workers checkpoint at the next step and shrink to 1
+    worker accumulating 2 micro-batches); a node joins, and the group grows back to 2 at its
+    next resize check; the run finishes. Steps take 0.5 s (a test hook), so that the notice
+    lands between two steps."""
+    home = tmp_path_factory.mktemp("elastic-home")
+    hooks = {HOOKS_ENV: "helpers.faults.training:slow_steps", "PYTHONPATH": "tests"}
+    submitted = submit_training(
+        local_cluster,
+        "elastic",
+        home,
+        "scaling.num_workers=[1, 2]",
+        "scaling.resize_check_s=5",
+        "scaling.node_wait_s=20",
+        "optimization.epochs=12",
+        "evaluation.every_epochs=4",
+        env=hooks,
+    )
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    wait_for_epoch(local_cluster, "elastic", 1)
+    placed = wait_for_log(local_cluster, "elastic", "placed    2 workers")
+    rank_one = placed.split("placed    2 workers on 2 nodes: ")[1].split(", ")[1].split(" ")[0]
+    preempted = next(node for node in worker_nodes(local_cluster) if node.startswith(rank_one))
+    index = labelled_worker_node(local_cluster, preempted)
+    preemption = local_cluster.tool("preempt-node", str(index), "--deadline-s", "20")
+    assert preemption.returncode == 0, preemption.stderr
+    wait_for_log(local_cluster, "elastic", "shrinking to 1 workers")
+    added = local_cluster.tool("add-node")
+    assert added.returncode == 0, added.stderr
+    status = wait_for_job(local_cluster, "elastic")
+    logs = job_logs(local_cluster, "elastic")
+    (tmp_path_factory.getbasetemp() / "elastic.log").write_text(logs)
+    return {"status": status, "logs": logs, "preemption": preemption.stdout}
 
 
 # ------------------------------------------------------------------------------ the replica
@@ -473,6 +544,50 @@ def test_a_shard_write_killed_midway_on_s3_is_refused_by_name(local_cluster, mon
             monkeypatch.setenv(key, value)
     with pytest.raises(DatasetError, match="shards/killed"):
         load_manifest(uri)
+
+
+def test_an_elastic_run_checkpoints_on_notice_shrinks_and_grows_with_one_line_per_event(
+    local_cluster, elastic_run
+):
+    assert elastic_run["status"] == "SUCCEEDED", elastic_run["logs"][-4000:]
+    logs = elastic_run["logs"]
+    for line in (
+        "preemption notice: node",
+        "checkpoint saved; waiting for Ray Train to restart the workers from it",
+        "shrinking to 1 workers (from 2): resuming at epoch",
+        "2 images x 2 micro-batches per worker, 4 per step",
+        "joined: room for 2 workers",
+        "growing to 2 workers (from 1)",
+    ):
+        assert line in logs, (line, logs[-4000:])
+    # The notice's checkpoint is at a step boundary, so the shrink lost no step.
+    assert "shrinking to 1 workers (from 2): resuming at epoch" in logs
+    shrink = logs.split("shrinking to 1 workers (from 2): ")[1].splitlines()[0]
+    assert "; 0 iterations since that checkpoint lost)" in shrink, shrink
+    assert " step 0 " not in shrink, shrink  # it resumed mid-epoch
+    # Ray's own tracebacks of the expected loss stay behind --verbose.
+    assert "Traceback (most recent call last)" not in logs, logs[-4000:]
+
+
+def test_an_elastic_run_logs_every_epoch_once_with_its_size_and_the_same_global_batch(
+    local_cluster, elastic_run
+):
+    assert elastic_run["status"] == "SUCCEEDED"
+    client, run = mlflow_run(local_cluster, "elastic")
+
+    def history(key: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+
+    losses = history("train_loss")
+    assert [step for step, _ in losses] == list(range(1, 13)), losses
+    assert all(math.isfinite(value) for _, value in losses), losses
+    workers = [int(value) for _, value in history("workers")]
+    sizes = [size for index, size in enumerate(workers) if index == 0 or workers[index - 1] != size]
+    assert sizes == [2, 1, 2], workers
+    accumulation = [int(value) for _, value in history("accumulation_steps")]
+    assert accumulation == [2 if size == 1 else 1 for size in workers], (workers, accumulation)
+    assert {value for _, value in history("global_batch")} == {4.0}
+    assert len(history("resize_lost_iterations")) == 12
 
 
 def test_a_tracking_outage_loses_no_epoch_and_without_a_replacement_node_the_job_fails_in_time(

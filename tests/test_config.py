@@ -137,6 +137,44 @@ def test_global_batch_must_divide_by_the_number_of_workers():
         load_config(None, ["optimization.batch_size=5", "scaling.num_workers=2"])
 
 
+def test_a_worker_range_makes_the_group_elastic():
+    scaling = load_config(None, ["scaling.num_workers=[1, 2]"]).scaling
+    assert scaling.num_workers == (1, 2)
+    assert scaling.elastic
+    assert (scaling.min_workers, scaling.max_workers) == (1, 2)
+
+
+def test_a_single_worker_count_keeps_the_group_fixed():
+    scaling = load_config(None, ["scaling.num_workers=4"]).scaling
+    assert scaling.num_workers == 4
+    assert not scaling.elastic
+    assert (scaling.min_workers, scaling.max_workers) == (4, 4)
+
+
+def test_a_worker_range_with_a_count_that_cannot_keep_the_global_batch_is_refused_in_one_line():
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["optimization.batch_size=8", "scaling.num_workers=[2, 4]"])
+    message = str(error.value)
+    assert "\n" not in message
+    assert "optimization.batch_size=8" in message
+    assert "on 3 workers of scaling.num_workers=[2, 4]" in message
+
+
+def test_a_worker_range_whose_minimum_exceeds_its_maximum_is_refused():
+    with pytest.raises(ConfigError, match=r"scaling\.num_workers=\[3, 2\].*min must not exceed"):
+        load_config(None, ["scaling.num_workers=[3, 2]"])
+
+
+def test_a_worker_range_loads_back_from_its_yaml_text():
+    config = load_config(None, ["scaling.num_workers=[1, 2]"])
+    assert config_from_dict(yaml.safe_load(config_to_yaml(config))) == config
+
+
+def test_a_worker_range_of_more_than_two_counts_is_refused():
+    with pytest.raises(ConfigError, match=r"'scaling\.num_workers' expects int or tuple"):
+        load_config(None, ["scaling.num_workers=[1, 2, 3]"])
+
+
 def test_exactly_one_training_length_must_be_set():
     with pytest.raises(ConfigError, match=r"exactly one of optimization\.epochs"):
         load_config(None, ["optimization.iterations=100"])

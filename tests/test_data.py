@@ -10,7 +10,12 @@ import ray
 from helpers.datasets import png_bytes, write_shard_set
 
 from pipeline.config.ingest import IngestOptions
-from pipeline.data.ingest import data_config, eval_dataset, train_dataset
+from pipeline.data.ingest import (
+    AUGMENTATION_EPOCH_COLUMN,
+    data_config,
+    eval_dataset,
+    train_dataset,
+)
 from pipeline.data.shards import Manifest, ShardRow
 from pipeline.data.transforms import AugmentationConfig, decode_image, decode_mask, normalize
 
@@ -105,6 +110,31 @@ def test_each_pass_is_a_new_epoch_reproducible_from_the_seed(ray_session, manife
     assert passes[0] != passes[1]
     assert [sample_fingerprints(again) for _ in range(2)] == passes
     assert passes[1] == sample_fingerprints(train_dataset(manifest, "train", CROP, seed=9, epoch=1))
+
+
+def test_a_pass_abandoned_midway_leaves_the_epoch_and_one_or_two_workers_augment_alike(
+    ray_session, manifest
+):
+    # What a restart or a resize of the training group does to the data: the interrupted
+    # epoch's pass is dropped after a batch, and the new group (of another size) reads the
+    # epoch again. Its samples are augmented for the same epoch, exactly as without the restart.
+    def split_fingerprints(dataset, workers: int) -> tuple[list[str], set[int]]:
+        digests, epochs = [], set()
+        for shard in dataset.streaming_split(workers, equal=False):
+            for batch in shard.iter_batches(batch_size=2, batch_format="numpy"):
+                epochs |= set(batch[AUGMENTATION_EPOCH_COLUMN].tolist())
+                for image, mask in zip(batch["image"], batch["mask"], strict=True):
+                    digests.append(hashlib.sha1(image.tobytes() + mask.tobytes()).hexdigest())
+        return sorted(digests), epochs
+
+    uninterrupted = train_dataset(manifest, "train", CROP, seed=4, first_epoch=3)
+    expected = split_fingerprints(uninterrupted, 2)
+    restarted = train_dataset(manifest, "train", CROP, seed=4, first_epoch=3)
+    abandoned = restarted.streaming_split(2, equal=False)[0].iter_batches(batch_size=2)
+    next(iter(abandoned))
+    del abandoned
+    assert split_fingerprints(restarted, 1) == expected
+    assert expected[1] == {3}
 
 
 def samples_in_order(dataset) -> list[str]:

@@ -3,6 +3,7 @@
     python tools/local_cluster.py up [--nodes 3] [--dir DIR]   start it, print the exports
     python tools/local_cluster.py env [--dir DIR]              only the export lines (for eval)
     python tools/local_cluster.py status | add-node | kill-node INDEX | down   [--dir DIR]
+    python tools/local_cluster.py preempt-node INDEX --deadline-s SECONDS   [--dir DIR]
     python tools/local_cluster.py stop-tracking | start-tracking | restart-tracking   [--dir DIR]
 
 It mirrors cluster.yaml's roles: a Ray head that runs no training (`--num-cpus 0`, resource
@@ -14,6 +15,11 @@ replica's own token (DIR/auth_token; ~/.ray/auth_token is never touched). The Ra
 WITHOUT any AWS_* or MLFLOW_* variable: a job gets them through its runtime_env, as it must on
 the real cluster. The MLflow server can be stopped and started again (same port, same SQLite
 store, same artifact destination) while a job runs, to test a job's tracking through an outage.
+`preempt-node` is a spot VM's reclaim with notice: Ray is told the node will be preempted
+(`ray drain-node`, reason preemption, with the deadline; Ray stops the raylet of a node with
+nothing running at once), and the node is killed as by `kill-node` when the deadline comes;
+the folder stays unlocked meanwhile, so `add-node` can bring a replacement during the notice.
+Ray records the node dead for preemption.
 
 Each part is recorded in DIR/state.json as soon as it starts, so `down` also stops a
 half-started replica. Every long-running process gets its own session. `ray start --block`'s
@@ -31,11 +37,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import time
 from pathlib import Path
 
 from replica.operations import (
     add_node,
     down,
+    end_preemption,
+    give_preemption_notice,
     kill_node,
     restart_tracking,
     start_tracking,
@@ -54,6 +63,7 @@ COMMANDS = {
     "status": "say which parts run (exit code 1 if any is down)",
     "add-node": "start one more Ray worker node",
     "kill-node": "SIGKILL every process of one worker node, as if its machine vanished",
+    "preempt-node": "tell Ray a worker node will be preempted, then kill it at the deadline",
     "stop-tracking": "stop the MLflow server (its runs stay in the folder's SQLite store)",
     "start-tracking": "start the stopped MLflow server again on the same port and store",
     "restart-tracking": "stop the MLflow server and start it again on the same port and store",
@@ -61,6 +71,27 @@ COMMANDS = {
 }
 DEFAULT_DIRECTORY = apcnet_home() / "local-cluster"
 READ_ONLY = ("env", "status")  # no waiting for an `up` in progress
+LOCKS_ITSELF = ("preempt-node",)  # not while it waits for the deadline
+
+
+def killed_line(index: int, killed: int) -> str:
+    """What `kill-node` prints, and `preempt-node` at its deadline."""
+    return f"n{index}: {killed} processes killed"
+
+
+def preempt_node(directory: Path, index: int, deadline_s: int) -> None:
+    """Give the notice, wait for its deadline without the folder's lock, kill the node;
+    prints a line when Ray accepted the drain and `kill-node`'s line after the kill."""
+    with locked(directory):
+        notice = give_preemption_notice(directory, index, deadline_s)
+    print(
+        f"{notice.node.name} (node {notice.node_id[:8]}) draining for preemption: killed in "
+        f"{deadline_s} s",
+        flush=True,  # a caller reading our output learns of the drain before the kill
+    )
+    time.sleep(max(0.0, notice.deadline - time.monotonic()))
+    with locked(directory):
+        print(killed_line(index, end_preemption(directory, notice)))
 
 
 def run_command(args: argparse.Namespace, directory: Path) -> int:
@@ -78,7 +109,9 @@ def run_command(args: argparse.Namespace, directory: Path) -> int:
         node = add_node(directory)
         print(f"{node.name} started (pid {node.pid})")
     elif args.command == "kill-node":
-        print(f"n{args.index}: {kill_node(directory, args.index)} processes killed")
+        print(killed_line(args.index, kill_node(directory, args.index)))
+    elif args.command == "preempt-node":
+        preempt_node(directory, args.index, args.deadline_s)
     elif args.command == "stop-tracking":
         print(f"mlflow stopped: {stop_tracking(directory)} processes stopped")
     elif args.command == "start-tracking":
@@ -115,12 +148,21 @@ def main(argv: list[str] | None = None) -> int:
             add("--cpus-per-node", type=int, default=2, help="logical CPUs per worker node (2)")
             add("--object-store-mb", type=int, default=256, help="object store per node, MB (256)")
             add("--bucket", default="apcnet", help="the S3 bucket's name (default apcnet)")
-        if name == "kill-node":
+        if name in ("kill-node", "preempt-node"):
             command.add_argument("index", type=int, help="a worker node's index (1, 2, ...)")
+        if name == "preempt-node":
+            command.add_argument(
+                "--deadline-s",
+                type=int,
+                required=True,
+                help="seconds of notice between the drain and the kill (a cloud's reclaim "
+                "notice: 30 s on GCP, 120 s on AWS)",
+            )
     args = parser.parse_args(argv)
     directory = args.dir.expanduser().resolve()
     try:
-        with contextlib.nullcontext() if args.command in READ_ONLY else locked(directory):
+        unlocked = args.command in READ_ONLY + LOCKS_ITSELF
+        with contextlib.nullcontext() if unlocked else locked(directory):
             return run_command(args, directory)
     except LocalClusterError as error:
         print(f"error: {error}", file=sys.stderr)

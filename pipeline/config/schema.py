@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.config.augmentation import AugmentationConfig
+from pipeline.config.batching import worker_counts_that_cannot_keep
 from pipeline.config.ingest import IngestOptions
 from pipeline.config.search import TuneSection
 from pipeline.config.typed import (
@@ -140,9 +141,15 @@ class ScalingSection:
     (e.g. {CPU: 1, apcnet_worker_node: 1}, each worker node offering 1) pins one worker per node.
     `max_failures` counts worker failures Ray Train recovers from (from the last checkpoint);
     `node_wait_s` bounds each wait for the resources to come back.
+
+    `num_workers` [min, max] makes the group elastic (Ray Train's `(min, max)`): it starts once
+    `min` workers can be placed, shrinks to the workers left when a node goes, and grows (up to
+    `max`) when nodes join, checked every `resize_check_s`. Every resize restarts the group from
+    the last checkpoint; the global batch stays `optimization.batch_size` through gradient
+    accumulation (`pipeline.config.batching`).
     """
 
-    num_workers: int = 2
+    num_workers: int | tuple[int, int] = 2
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = field(default_factory=lambda: {"CPU": 0.5})
     # "none" rather than "off": YAML reads a bare off/on as a boolean.
@@ -154,6 +161,27 @@ class ScalingSection:
     # After workers fail (a node lost), how long to wait for nodes that can hold them again
     # (e.g. a replacement the autoscaler starts) before the run fails with a message.
     node_wait_s: float = 120.0
+    # An elastic group's look for a different size, while it trains (Ray Train's
+    # elastic_resize_monitor_interval_s).
+    resize_check_s: float = 60.0
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, tuple)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def workers_text(self) -> str:
+        """The config's own spelling: "2", or "[1, 2]" for an elastic group."""
+        low, high = self.min_workers, self.max_workers
+        return f"[{low}, {high}]" if self.elastic else str(low)
 
 
 @dataclass(frozen=True)
@@ -280,18 +308,34 @@ def validate_config(config: ExperimentConfig, *, check_paths: bool = True) -> No
         ("optimization.epochs", optimization.epochs),
         ("optimization.iterations", optimization.iterations),
         ("optimization.batch_size", optimization.batch_size),
-        ("scaling.num_workers", scaling.num_workers),
+        ("scaling.num_workers", scaling.min_workers),
         ("evaluation.every_epochs", config.evaluation.every_epochs),
         ("evaluation.batch_size", config.evaluation.batch_size),
         ("checkpointing.num_to_keep", config.checkpointing.num_to_keep),
     ):
         if value is not None and value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
-    if optimization.batch_size % scaling.num_workers != 0:
+    if scaling.min_workers > scaling.max_workers:
+        raise ConfigError(
+            f"scaling.num_workers={scaling.workers_text} is [min, max]: min must not exceed max"
+        )
+    unkeepable = worker_counts_that_cannot_keep(
+        optimization.batch_size, scaling.min_workers, scaling.max_workers
+    )
+    if unkeepable and not scaling.elastic:
         raise ConfigError(
             f"optimization.batch_size={optimization.batch_size} is the global batch and must "
             f"divide by scaling.num_workers={scaling.num_workers}; change one of them"
         )
+    if unkeepable:
+        raise ConfigError(
+            f"optimization.batch_size={optimization.batch_size} cannot be kept on "
+            f"{', '.join(map(str, unkeepable))} workers of scaling.num_workers="
+            f"{scaling.workers_text}: every worker count in the range must divide the global "
+            "batch; change the batch or the range"
+        )
+    if scaling.resize_check_s <= 0:
+        raise ConfigError(f"scaling.resize_check_s must be positive, got {scaling.resize_check_s}")
     if config.tracking.register_model and not config.tracking.enabled:
         raise ConfigError(
             f"tracking.register_model={config.tracking.register_model} needs MLflow tracking, "

@@ -44,7 +44,7 @@ class RunStart:
     epochs: int
     iterations_per_epoch: int
     global_batch_size: int
-    num_workers: int
+    num_workers: str  # "2", or "[1, 2]" for an elastic group
     resources_per_worker: dict[str, float]
     use_gpu: bool
     tracking_uri: str | None  # None when tracking is off

@@ -100,6 +100,30 @@ ROUTINE_LINES_TO_DROP = (
     # console's own bars replace them), and --verbose turns them back on.
     r"Progress bars disabled\. To enable, set `ray\.data\.DataContext",
 )
+# What Ray's processes print when a node of the run goes (preempted or lost), dropped by the
+# driver unless --verbose: the project prints one line per such event instead
+# (`pipeline.train.cluster_watch`, and the workers' notice and resume lines), and Ray Train
+# restarts the group on its own. Tracebacks forwarded from Ray's processes (the controller's
+# failed shutdown of the lost workers' process group, the survivors' broken collectives) are
+# dropped line by line; a failure the run does not survive still ends the job with its own
+# one-line error.
+EXPECTED_LOSS_LINES_TO_DROP = (
+    r"^Traceback \(most recent call last\):",
+    r'^  File "[^"]+", line \d+',
+    r"^    ",  # a traceback's code lines and carets
+    r"^(?:ray\.\S+Error|torch\.distributed\S*|RuntimeError|OSError): ",
+    r"^Error in control loop iteration: ",
+    r"^During handling of the above exception, another exception occurred:",
+    r"^The above exception was the direct cause of the following exception:",
+    r"Graceful shutdown of backend failed\. This is expected if one of the workers has crashed",
+    r"Failed to remove \d+ bundle\(s\) for placement group",
+    r"has been marked dead because the detector has missed too many heartbeats",
+    r"^\t",  # the details under Ray's error messages (a dead actor's id, pid, ...)
+    r"The actor died because its node has died",
+    r"PreemptionWatcher: preemption detected",
+    r"Connection reset by peer|Connection closed by peer",
+    r"The actor is temporarily unavailable",
+)
 
 
 def verbose(environment: Mapping[str, str] | None = None) -> bool:
@@ -158,9 +182,11 @@ def quiet_this_process() -> None:
 def settings_before_ray_import(verbose: bool, environment: Mapping[str, str]) -> dict[str, str]:
     """The Ray variables a job sets before Ray is imported, for a process with `environment`:
     `RAY_DEDUP_LOGS_SKIP_REGEX` skipping `FORWARDED_LINES_TO_DROP`, and unless `verbose` also
-    `ROUTINE_LINES_TO_DROP` (beside any pattern the user set there), and `RAY_AUTH_MODE=token`
+    `ROUTINE_LINES_TO_DROP` and `EXPECTED_LOSS_LINES_TO_DROP` (beside any pattern the user set
+    there), and `RAY_AUTH_MODE=token`
     (token authentication, Ray's default, without its notice) unless the user set a mode."""
-    dropped = FORWARDED_LINES_TO_DROP + (() if verbose else ROUTINE_LINES_TO_DROP)
+    quiet = ROUTINE_LINES_TO_DROP + EXPECTED_LOSS_LINES_TO_DROP
+    dropped = FORWARDED_LINES_TO_DROP + (() if verbose else quiet)
     ours = "|".join(f"(?:{pattern})" for pattern in dropped)
     users = environment.get(_SKIP_LINES_VARIABLE)
     skip = ours if users is None or ours in users else f"(?:{users})|{ours}"

@@ -62,6 +62,15 @@ TRAIN_DATASET = "train"
 VAL_DATASET = "val"
 TRAIN_SPLIT_NAMES = (TRAIN_DATASET,)
 SAMPLE_COLUMNS = ["id", "image", "mask"]
+# The epoch a training row's augmentation was drawn for (int32): training epoch e reads data
+# epoch e - 1, which a worker checks (`pipeline.train.worker.check_augmentation_epoch`), so a
+# restarted or resized group cannot silently train on another epoch's augmentation.
+AUGMENTATION_EPOCH_COLUMN = "augmentation_epoch"
+# A training dataset's first epoch, when set in its DataContext (`DataContext.set_config`):
+# replaces the `first_epoch` it was built with. Ray Train hands every new worker group a fresh
+# copy of the dataset, whose pass count starts again at 0; `SegmentationDataConfig` sets this
+# to the epochs the group's checkpoint completed, so a restarted group reads the right epoch.
+FIRST_EPOCH_CONFIG = "apcnet.first_epoch"
 
 
 def sample_seed(seed: int, epoch: int, sample_id: str) -> list[int]:
@@ -86,7 +95,9 @@ class _AugmentBatch:
         if self.epoch is not None:
             epoch = self.epoch
         else:
-            epoch = self.first_epoch + completed_passes(DataContext.get_current())
+            context = DataContext.get_current()
+            first_epoch = context.get_config(FIRST_EPOCH_CONFIG, self.first_epoch)
+            epoch = first_epoch + completed_passes(context)
         count = len(batch["id"])
         order = np.arange(count)
         if self.shuffle_window and count > 1:
@@ -108,7 +119,8 @@ class _AugmentBatch:
             image, mask = _decode_pair(batch, int(index))
             rng = np.random.default_rng(sample_seed(self.seed, epoch, sample_id))
             images[position], masks[position] = augment_sample(image, mask, self.augmentation, rng)
-        return {"image": images, "mask": masks}
+        drawn_for = np.full(len(indices), epoch, dtype=np.int32)
+        return {"image": images, "mask": masks, AUGMENTATION_EPOCH_COLUMN: drawn_for}
 
 
 def _decode_pair(batch: dict[str, np.ndarray], index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +157,7 @@ def train_dataset(
 
     Columns: `image` uint8 (crop_h, crop_w, 3) RGB, not normalised (the training step does
     that on its device: `pipeline.train.step.batch_to_device`), `mask` uint8 (crop_h, crop_w)
-    with ignore_index on padding; every row has the crop shape, so `iter_torch_batches`
+    with ignore_index on padding, `augmentation_epoch` int32 (the epoch drawn for); every row has the crop shape, so `iter_torch_batches`
     stacks them into (B, H, W, 3) / (B, H, W). See the module docstring for which randomness
     is reproducible: augmentation depends only on (seed, epoch, sample id), with epoch =
     `first_epoch` + number of completed passes, unless `epoch` pins it.
@@ -295,16 +307,23 @@ class SegmentationDataConfig(ray.train.DataConfig):
     each row is read exactly once: no row dropped or repeated to even out the shards, as
     exact metrics need. Workers may then receive different numbers of rows. Every dataset
     gets `ingest_options(cpu_limit)` and the workers' nodes as locality hints.
+
+    `resume_epochs`, when given, is a Ray actor whose `completed_epochs()` says how many
+    epochs the checkpoint a new worker group resumes from has completed (None before the
+    run's first checkpoint); the training datasets then start their epoch count there
+    (FIRST_EPOCH_CONFIG).
     """
 
     def __init__(
         self,
         train_split_names: Sequence[str] = TRAIN_SPLIT_NAMES,
         cpu_limit: float | None = None,
+        resume_epochs: Any = None,
     ) -> None:
         super().__init__(datasets_to_split="all")
         self.train_split_names = tuple(train_split_names)
         self.cpu_limit = cpu_limit
+        self.resume_epochs = resume_epochs
 
     def configure(
         self,
@@ -315,11 +334,16 @@ class SegmentationDataConfig(ray.train.DataConfig):
         **kwargs: Any,
     ) -> list[dict[str, Any]]:
         output: list[dict[str, Any]] = [{} for _ in range(world_size)]
+        completed = None
+        if self.resume_epochs is not None:
+            completed = ray.get(self.resume_epochs.completed_epochs.remote())
         for name, dataset in datasets.items():
             if dataset.name is None:
                 dataset.set_name(name)
             dataset = dataset.copy(dataset)
             dataset.context.execution_options = ingest_options(self.cpu_limit)
+            if completed is not None and name in self.train_split_names:
+                dataset.context.set_config(FIRST_EPOCH_CONFIG, completed)
             splits = dataset.streaming_split(
                 world_size, equal=name in self.train_split_names, locality_hints=worker_node_ids
             )
@@ -349,9 +373,12 @@ def ingest_options(cpu_limit: float | None = None) -> ExecutionOptions:
 
 
 def data_config(
-    train_split_name: str = TRAIN_DATASET, ingest: IngestOptions | None = None
+    train_split_name: str = TRAIN_DATASET,
+    ingest: IngestOptions | None = None,
+    resume_epochs: Any = None,
 ) -> SegmentationDataConfig:
     """The `dataset_config` for `TorchTrainer`: `train_split_name` even, everything else exact,
-    Ray Data limited to `ingest.cpu_limit` CPUs when that is set."""
+    Ray Data limited to `ingest.cpu_limit` CPUs when that is set; `resume_epochs` as
+    `SegmentationDataConfig` takes it."""
     cpu_limit = ingest.cpu_limit if ingest is not None else None
-    return SegmentationDataConfig((train_split_name,), cpu_limit)
+    return SegmentationDataConfig((train_split_name,), cpu_limit, resume_epochs)

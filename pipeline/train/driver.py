@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+import ray
 from ray.train import CheckpointConfig, ControllerError, RunConfig, ScalingConfig, UserCallback
 
 from pipeline.config.schema import (
@@ -36,14 +37,17 @@ from pipeline.data.training_data import TrainingData, load_training_data
 from pipeline.errors import UserError
 from pipeline.tracking.tags import DATA_MANIFEST_TAG, MANIFEST_HASH_TAG, RUN_OUTCOME_TAG
 from pipeline.train import startup
+from pipeline.train.cluster_watch import ClusterWatch
 from pipeline.train.connection import connect
 from pipeline.train.epoch_logging import EpochsToMlflow, log_checkpoint_history
 from pipeline.train.failures import (
     WORKER_GROUP_START_TIMEOUT_ENV,
     NonFiniteLossError,
     failure_config,
+    too_few_nodes,
     workers_not_placed,
 )
+from pipeline.train.group_ledger import start_ledger
 from pipeline.train.hooks import TrainingHook, TrainingHooks, hooks_from_environment
 from pipeline.train.run_folder import (
     SCORE_METRIC,
@@ -196,14 +200,17 @@ def fit(request: RunRequest, reporting: RunReporting) -> TrainOutcome:
 
     # How long a worker group may wait for room after a node is lost (pipeline.train.failures).
     os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = str(config.scaling.node_wait_s)
+    ledger = start_ledger()
     marks["fit_called"] = startup.now()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"settings": settings, "startup_marks": marks},
+        train_loop_config={"settings": settings, "startup_marks": marks, "ledger": ledger},
         # Ray forms torch's process group: gloo on CPU workers, NCCL on GPU workers.
         torch_config=TorchConfig(timeout_s=config.scaling.process_group_timeout_s),
         scaling_config=ScalingConfig(
+            # An int, or (min, max) for an elastic group.
             num_workers=config.scaling.num_workers,
+            elastic_resize_monitor_interval_s=config.scaling.resize_check_s,
             use_gpu=config.scaling.use_gpu,
             resources_per_worker=dict(config.scaling.resources_per_worker),
         ),
@@ -221,21 +228,31 @@ def fit(request: RunRequest, reporting: RunReporting) -> TrainOutcome:
             logging_config=train_logging_config(),
         ),
         datasets=datasets,
-        dataset_config=data_config(ingest=config.data.ingest),
+        # A restarted group's training data start at its checkpoint's epoch (the ledger's).
+        dataset_config=data_config(ingest=config.data.ingest, resume_epochs=ledger),
     )
+    console = print if reporting.console != "off" else None
+    watch = ClusterWatch(ledger, config.scaling, settings.iterations_per_epoch, console)
     try:
-        result = trainer.fit()
+        with watch:
+            result = trainer.fit()
+        if watch.gave_up:
+            raise too_few_nodes(run_name, config.scaling)
     except BaseException as error:
         if tracker is not None:
             # A Tune trial that reached its last epoch is torn down by Tune; its callback
             # on the driver may already have ended the run with the trial's real status.
             tracker.set_terminated("FAILED", only_if_running=True)
+        if watch.gave_up:
+            raise too_few_nodes(run_name, config.scaling) from None
         explained = workers_not_placed(error, run_name, config.scaling)
         if explained is not None:
             raise explained from error
         if isinstance(error, ControllerError) and isinstance(error.controller_failure, UserError):
             raise error.controller_failure from error  # e.g. MLflow unreachable for too long
         raise
+    finally:
+        ray.kill(ledger)
     returned = result.return_value or {}
     if returned.get("status") == NONFINITE_STATUS:
         if tracker is not None:
@@ -289,16 +306,16 @@ def _loop_settings(
                 f"data set {data_path} has no split {split!r} (data.{key}); "
                 f"it has: {', '.join(sorted(manifest.splits))}"
             )
-    workers = config.scaling.num_workers
-    # The one rule for a worker's share of the global batch (each worker drops its remainder).
-    batch_size_per_worker = config.optimization.batch_size // workers
+    # Every worker count W of the group divides the global batch B, and each worker streams
+    # rows // W rows an epoch in steps of B / W: rows // B steps whatever W is.
+    global_batch = config.optimization.batch_size
     train_rows = manifest.splits[config.data.train_split].rows
-    iterations_per_epoch = (train_rows // workers) // batch_size_per_worker
+    iterations_per_epoch = train_rows // global_batch
     if iterations_per_epoch < 1:
         raise ConfigError(
             f"data set {data_path} split {config.data.train_split!r} has {train_rows} samples: "
-            f"too few for one step of optimization.batch_size={config.optimization.batch_size} "
-            f"over scaling.num_workers={workers}; lower the batch size or add data"
+            f"too few for one step of optimization.batch_size={global_batch}; lower the batch "
+            "size or add data"
         )
     optimization = config.optimization
     if optimization.iterations is not None:
@@ -317,7 +334,6 @@ def _loop_settings(
         iterations_per_epoch=iterations_per_epoch,
         total_epochs=total_epochs,
         total_iterations=total_iterations,
-        batch_size_per_worker=batch_size_per_worker,
         hooks=hooks,
         console=console_mode,
     )
@@ -341,7 +357,11 @@ def _run_start(request: RunRequest, settings: LoopSettings, resumed_after: int) 
         epochs=settings.total_epochs,
         iterations_per_epoch=settings.iterations_per_epoch,
         global_batch_size=config.optimization.batch_size,
-        num_workers=config.scaling.num_workers,
+        num_workers=(
+            f"{config.scaling.min_workers} to {config.scaling.max_workers} (elastic)"
+            if config.scaling.elastic
+            else str(config.scaling.num_workers)
+        ),
         resources_per_worker=dict(config.scaling.resources_per_worker),
         use_gpu=config.scaling.use_gpu,
         tracking_uri=tracking_uri if config.tracking.enabled else None,

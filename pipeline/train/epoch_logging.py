@@ -25,6 +25,14 @@ WORKER_NODES_KEY = "worker_nodes"
 # 1 when the epoch was validated; else its val_miou is only a placeholder (nan) that ranks the
 # epoch's checkpoint lowest.
 VALIDATED_KEY = "validated"
+# The batch plan an epoch trained with (pipeline.config.batching) and the optimiser steps that
+# restarts of the worker group during it trained twice (0 without a restart).
+WORKERS_KEY = "workers"
+ACCUMULATION_KEY = "accumulation_steps"
+GLOBAL_BATCH_KEY = "global_batch"
+RESIZE_LOST_KEY = "resize_lost_iterations"
+# 1 on a report of a checkpoint saved on a preemption notice mid-epoch: not an epoch.
+NOTICE_KEY = "notice_checkpoint"
 # Reported for Ray Train's bookkeeping (or kept in the checkpoint's history), not for MLflow.
 NOT_LOGGED = frozenset({"epoch", "first_step_unix_s", WORKER_NODES_KEY, VALIDATED_KEY})
 
@@ -46,6 +54,8 @@ class EpochsToMlflow(UserCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any):
         rank_zero = metrics[0]
+        if rank_zero.get(NOTICE_KEY):
+            return  # a mid-epoch checkpoint; its epoch is logged when it ends
         tracker = self._tracker or self._attach()
         if WORKER_NODES_KEY in rank_zero:
             from pipeline.tracking.tags import WORKER_NODES_TAG

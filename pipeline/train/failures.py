@@ -6,7 +6,15 @@ replacement the autoscaler starts, or `ray start` by hand). Ray Train bounds eac
 `RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S` (the setting its own timeout message names), which
 the driver sets from `scaling.node_wait_s`; with no controller retries allowed, the run then
 fails, and the driver tells the user with `WorkersNotPlacedError` when the cluster indeed
-cannot hold the workers, instead of Ray's default of waiting and retrying forever.
+cannot hold the workers, instead of Ray's default of waiting and retrying forever. An elastic
+group (`scaling.num_workers: [min, max]`) restarts on the workers that fit, and waits only
+below `min`: `pipeline.train.cluster_watch` bounds that wait by `node_wait_s` as well.
+
+How losses count: a node lost without notice ends its workers, one worker-group failure
+against `scaling.max_failures`, for a fixed group as for an elastic one. A node Ray drains for
+preemption first (a spot reclaim with notice, `ray drain-node --reason PREEMPTION`) counts
+against Ray Train's `max_preemption_failures` instead, which is left unlimited: each such
+restart resumes from the checkpoint saved on the notice, so it costs at most one step.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from ray.train import ControllerError, FailureConfig
 from pipeline.config.schema import ScalingSection
 from pipeline.errors import UserError
 
+# How many times an elastic group may fail to start in `node_wait_s` before the run fails.
+ELASTIC_START_RETRIES = 3
 # Read by Ray Train's controller, which gets the driver's RAY_TRAIN_* variables.
 WORKER_GROUP_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
@@ -36,9 +46,21 @@ def failure_config(scaling: ScalingSection) -> FailureConfig:
     """Ray Train's failure handling for `scaling`.
 
     A worker group that cannot start in time is a controller failure in Ray Train; allowing
-    none makes the first wait past `node_wait_s` end the run.
+    none makes the first wait past `node_wait_s` end a fixed group's run. An elastic group
+    gets a few: Ray's elastic policy sizes a restart from a view of the cluster that Ray Data's
+    autoscaling coordinator refreshes only every 20 s, so right after a node is lost it may
+    try the old size once more; that start fails after `node_wait_s`, and the next one sees
+    the nodes that are left. (Below its minimum an elastic group waits without starting;
+    `pipeline.train.cluster_watch` bounds that.)
     """
-    return FailureConfig(max_failures=scaling.max_failures, controller_failure_limit=0)
+    retries = ELASTIC_START_RETRIES if scaling.elastic else 0
+    return FailureConfig(
+        max_failures=scaling.max_failures,
+        controller_failure_limit=retries,
+        # The checkpoint saved on a preemption notice registers with the ranks that stay, even
+        # when the preempted node goes before its own ranks have reported (a short notice).
+        relax_collectives_on_preemption=True,
+    )
 
 
 def workers_not_placed(
@@ -50,10 +72,10 @@ def workers_not_placed(
         return None
     per_worker = worker_resources(scaling)
     room = workers_that_fit(per_worker, _live_node_resources())
-    if room >= scaling.num_workers:
+    if room >= scaling.min_workers:
         return None
     return WorkersNotPlacedError(
-        f"run {run_name!r}: no room for {scaling.num_workers} training workers of "
+        f"run {run_name!r}: no room for {scaling.min_workers} training workers of "
         f"{per_worker} within scaling.node_wait_s={scaling.node_wait_s:g} s (the cluster's "
         f"live nodes hold {room}; a node was lost and none with those resources joined). "
         "Start a node that offers them, or lower scaling.num_workers, then run the same --name "
@@ -79,3 +101,16 @@ def workers_that_fit(per_worker: Mapping[str, float], nodes: Iterable[Mapping[st
 
 def _live_node_resources() -> list[dict[str, float]]:
     return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def too_few_nodes(run_name: str, scaling: ScalingSection) -> WorkersNotPlacedError:
+    """The user-facing error for an elastic run stopped by `ClusterWatch`: its group stayed
+    below `min` workers for `scaling.node_wait_s`."""
+    per_worker = worker_resources(scaling)
+    return WorkersNotPlacedError(
+        f"run {run_name!r}: the cluster held fewer than the {scaling.min_workers} workers of "
+        f"{per_worker} that scaling.num_workers={scaling.workers_text} needs at least, for "
+        f"scaling.node_wait_s={scaling.node_wait_s:g} s, and the run was stopped. Start a "
+        "node that offers them, then run the same --name again: it resumes from its last "
+        "checkpoint"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeline.config.batching import BatchPlan, batch_plan
 from pipeline.config.schema import ExperimentConfig, config_to_dict
 from pipeline.console.progress import ConsoleMode
 from pipeline.train.hooks import TrainingHooks
@@ -60,10 +61,17 @@ class LoopSettings:
     iterations_per_epoch: int
     total_epochs: int
     total_iterations: int
-    batch_size_per_worker: int
     hooks: TrainingHooks
     # Rank 0's console: the placement, the epoch's progress and a line per epoch.
     console: ConsoleMode
+    # Ask Ray Train after every step whether a node of the group is being preempted, and save
+    # a checkpoint at once when one is (`pipeline.train.worker.checkpoint_on_notice`).
+    checkpoint_on_notice: bool = True
+
+    def batch_plan(self, workers: int) -> BatchPlan:
+        """How `workers` live workers split the global batch (`pipeline.config.batching`)."""
+        scaling = self.config.scaling
+        return batch_plan(self.config.optimization.batch_size, workers, scaling.max_workers)
 
     def epochs_after(self, epoch: int) -> range:
         """The epochs still to train after `epoch` (0 for a new run)."""

@@ -30,19 +30,24 @@ if TYPE_CHECKING:
 # imported where a checkpoint is written or read.
 
 
-def checkpoint_folder_name(epoch: int) -> str:
-    """The checkpoint folder written after `epoch` in the run folder: `epoch_0004`."""
-    return f"{CHECKPOINT_FOLDER_PREFIX}{epoch:04d}"
+def checkpoint_folder_name(epoch: int, notice_at_iteration: int | None = None) -> str:
+    """The checkpoint folder written after `epoch` in the run folder: `epoch_0004`; one written
+    on a preemption notice during the next epoch, at global iteration 123:
+    `epoch_0004_notice_000123`."""
+    name = f"{CHECKPOINT_FOLDER_PREFIX}{epoch:04d}"
+    return name if notice_at_iteration is None else f"{name}_notice_{notice_at_iteration:06d}"
 
 
 @dataclass(frozen=True)
 class Progress:
-    """How far a run got: the last completed epoch (0 = none), optimisation steps so far, and
-    the metrics reported for every completed epoch, in order."""
+    """How far a run got: the last completed epoch (0 = none), optimisation steps so far, the
+    metrics reported for every completed epoch, in order, and the steps of the next epoch
+    already trained (0 but for a checkpoint saved on a preemption notice mid-epoch)."""
 
     epoch: int = 0
     global_iteration: int = 0
     history: tuple[dict[str, float], ...] = ()
+    steps_into_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,14 @@ class TrainingState:
         )
         return replace(self, progress=progress)
 
+    def during_epoch(self, global_iteration: int, steps_into_epoch: int) -> TrainingState:
+        """The state `steps_into_epoch` steps into the epoch after `progress.epoch`, at
+        `global_iteration`: what a checkpoint on a preemption notice records."""
+        progress = replace(
+            self.progress, global_iteration=global_iteration, steps_into_epoch=steps_into_epoch
+        )
+        return replace(self, progress=progress)
+
     def save(self, folder: Path, metadata: CheckpointMetadata) -> Path:
         """Write `<folder>/checkpoint.pt` (atomically, by `apcnet.checkpoint.save_checkpoint`);
         returns its path."""
@@ -95,6 +108,7 @@ class TrainingState:
                 "scheduler": self.scheduler.state_dict(),
                 "epoch": self.progress.epoch,
                 "global_iteration": self.progress.global_iteration,
+                "steps_into_epoch": self.progress.steps_into_epoch,
                 "history": [dict(metrics) for metrics in self.progress.history],
                 "config": metadata.config,
                 "manifest_path": metadata.manifest_path,
@@ -222,4 +236,5 @@ def _progress(extra: dict[str, Any]) -> Progress:
         epoch=int(extra["epoch"]),
         global_iteration=int(extra["global_iteration"]),
         history=tuple(dict(metrics) for metrics in extra.get("history", ())),
+        steps_into_epoch=int(extra.get("steps_into_epoch", 0)),
     )

@@ -1,4 +1,5 @@
-"""One training step, without Ray: batch to device, autocast forward and loss, optimiser step.
+"""One training step, without Ray: batch to device, autocast forward and loss, the micro-batches'
+backward passes, optimiser step.
 
 The per-worker loop (`worker.py`, which needs Ray) and the GPU check (`benchmarks/gpu.py`,
 which runs where Ray is not installed) share these functions, so the check measures the step
@@ -70,11 +71,25 @@ def forward_loss(
 
 
 def optimisation_step(state: TrainingState, loss: torch.Tensor, clip_norm: float | None) -> None:
-    """Backward through `state.scaler` (a no-op scaler unless fp16), clip the gradient norm to
-    `clip_norm` when set, step the optimiser and the scaler, then advance the schedule one
-    iteration."""
+    """One optimiser step on one batch's `loss`: `backward_micro_batch` with nothing
+    accumulated, then `apply_gradients`."""
     state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
+    backward_micro_batch(state, loss, accumulation_steps=1)
+    apply_gradients(state, clip_norm)
+
+
+def backward_micro_batch(state: TrainingState, loss: torch.Tensor, accumulation_steps: int) -> None:
+    """Add one micro-batch's gradients: backward of `loss / accumulation_steps` through
+    `state.scaler` (a no-op scaler unless fp16). Over the step's micro-batches the gradient is
+    then the mean of their mean losses' gradients, as DDP's average over workers is, so
+    W workers x A micro-batches give the gradient of one batch of W x A micro-batches."""
+    state.scaler.scale(loss / accumulation_steps).backward()
+
+
+def apply_gradients(state: TrainingState, clip_norm: float | None) -> None:
+    """Clip the accumulated gradients' norm to `clip_norm` when set, step the optimiser and the
+    scaler, then advance the schedule one optimiser step (the schedule counts optimiser steps,
+    not micro-batches, so it runs on unchanged through a resize)."""
     if clip_norm is not None:
         state.scaler.unscale_(state.optimizer)
         nn.utils.clip_grad_norm_(state.model.parameters(), clip_norm)

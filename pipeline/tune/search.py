@@ -163,6 +163,12 @@ def validate_search_config(config: ExperimentConfig) -> None:
             f"evaluation.every_epochs={config.evaluation.every_epochs}; set "
             "evaluation.every_epochs=1 or tune.asha.enabled=false"
         )
+    if config.scaling.elastic:
+        raise ConfigError(
+            f"scaling.num_workers={config.scaling.workers_text} is an elastic group, which a "
+            "search does not run (its trials must compare at one size, and only a job's driver "
+            "can bound an elastic wait below the minimum); give the trials a fixed number"
+        )
     # Fail on the driver, before any trial starts, if a searched field does not exist.
     for parameters in _one_value_per_dimension(tune_section):
         apply_trial_parameters(config, parameters)

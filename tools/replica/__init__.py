@@ -6,6 +6,10 @@ processes   the process table from /proc: a part's processes by session, marker 
             and descendants; stopping parts by PID (SIGTERM, grace, then SIGKILL)
 parts       starting S3 (moto), the MLflow server and Ray nodes, waiting until each is
             ready; ports, the replica's Ray token, clearing a stopped replica's leftovers
-operations  the commands' work: up, down, add-node, kill-node, stop-/start-/restart-tracking
-report      what the commands print: status lines, shell exports, the training command
+operations  the commands' work: up, down, add-node, kill-node, preempt-node's notice and
+            kill, stop-/start-/restart-tracking
+ray_nodes   the Ray nodes as Ray lists them (a part's node id, by its label) and draining
+            one for preemption, through Ray's CLI with the replica's address and token
+report      what the commands print: status lines, shell exports (the Ray client's
+            variables), the training command
 """

@@ -1,5 +1,6 @@
-"""What the commands do to a replica: `up`, `down`, `add-node`, `kill-node` and the tracking
-server's `stop-tracking`, `start-tracking` and `restart-tracking`.
+"""What the commands do to a replica: `up`, `down`, `add-node`, `kill-node`, the two steps of
+`preempt-node` and the tracking server's `stop-tracking`, `start-tracking` and
+`restart-tracking`.
 
 Each takes the replica's folder, changes the processes and the state file, and returns what a
 caller reports; the caller holds the folder's lock.
@@ -7,6 +8,7 @@ caller reports; the caller holds the folder's lock.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from replica.parts import (
     write_token,
 )
 from replica.processes import STOP_GRACE_S, alive_parts, stop_parts
+from replica.ray_nodes import drain_for_preemption, listed_nodes, node_id_of
 from replica.report import TOOL_COMMAND
 from replica.state import (
     STATE_FILE,
@@ -90,15 +93,62 @@ def add_node(directory: Path) -> Part:
     return start_ray_node(require_replica(directory))
 
 
-def kill_node(directory: Path, index: int) -> int:
-    """SIGKILL every process of worker node `index` at once, as if its machine vanished."""
-    replica = require_replica(directory)
+def worker_node(replica: Replica, index: int) -> Part:
+    """Worker node `index` (n1, n2, ...): never the head."""
     if not 0 < index < len(replica.nodes):
         raise LocalClusterError(
             f"no worker node {index} (workers: 1 to {len(replica.nodes) - 1}; node 0, the "
             "head, holds the GCS and the job drivers)"
         )
-    return stop_parts(replica, [replica.nodes[index]], grace_s=0.0)
+    return replica.nodes[index]
+
+
+def kill_node(directory: Path, index: int) -> int:
+    """SIGKILL every process of worker node `index` at once, as if its machine vanished."""
+    replica = require_replica(directory)
+    return stop_parts(replica, [worker_node(replica, index)], grace_s=0.0)
+
+
+@dataclass(frozen=True)
+class PreemptionNotice:
+    """A worker node Ray was told will be preempted: its index and part, its Ray node id, and
+    the `time.monotonic()` at which the notice runs out (at or just after Ray's deadline)."""
+
+    index: int
+    node: Part
+    node_id: str
+    deadline: float
+
+
+def give_preemption_notice(directory: Path, index: int, deadline_s: int) -> PreemptionNotice:
+    """Drain worker node `index` with reason preemption and `deadline_s` seconds of notice, as
+    a cloud reclaiming a spot VM would. Ray stops an idle node's raylet at once; a busy node
+    runs on until `end_preemption` kills it."""
+    if deadline_s < 1:
+        raise LocalClusterError(f"--deadline-s {deadline_s}: give at least 1 s of notice")
+    replica = require_replica(directory)
+    node = worker_node(replica, index)
+    if node.name not in alive_parts(replica):
+        raise LocalClusterError(
+            f"{node.name} is already dead (pid {node.pid}): start another with `add-node`"
+        )
+    node_id = node_id_of(listed_nodes(replica), node.name)
+    message = f"local replica {replica.directory}: {node.name} preempted in {deadline_s} s"
+    drain_for_preemption(replica, node_id, message, deadline_s)
+    # Counted from Ray's answer: the kill never comes before the deadline Ray was given.
+    return PreemptionNotice(index, node, node_id, time.monotonic() + deadline_s)
+
+
+def end_preemption(directory: Path, notice: PreemptionNotice) -> int:
+    """At the notice's deadline: `kill_node` on the node, unless the folder's replica no longer
+    holds that very node (brought down, or down and up again, during the notice)."""
+    replica = require_replica(directory)
+    if replica.part(notice.node.name) != notice.node:
+        raise LocalClusterError(
+            f"{notice.node.name} of {directory} is not the node that was drained (the replica "
+            "was brought down during the notice): nothing killed"
+        )
+    return kill_node(directory, notice.index)
 
 
 def tracking_server(replica: Replica) -> Part:

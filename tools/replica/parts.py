@@ -35,6 +35,9 @@ from replica.state import (
 
 HEAD_RESOURCE = "apcnet_head_node"
 WORKER_RESOURCE = "apcnet_worker_node"
+# Every Ray node carries NODE_LABEL=<its part's name> (n0, n1, ...): how the replica finds a
+# part's Ray node id (nodes on one host share their IP; Ray lists labels, not our PIDs).
+NODE_LABEL = "apcnet_replica_node"
 DUMMY_AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -85,20 +88,25 @@ def require_port_free(port: int, user: str) -> None:
             ) from error
 
 
+def clean_environment() -> dict[str, str]:
+    """Our environment without AWS_*, MLFLOW_* and the user's Ray address or token."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(DROPPED_ENV_PREFIXES) and key not in DROPPED_ENV
+    }
+
+
 def start_part(
     replica: Replica, name: str, command: list[str], ports: dict[str, int], **env: str
 ) -> Part:
     """Start `command` in a session of its own and record it in the state file at once (in
     the place of a stopped part of the same name, if one is recorded).
 
-    Its environment is ours without AWS_*, MLFLOW_* and Ray addresses, plus `env` and the
-    part's marker; the venv's bin comes first on PATH (`ray job submit` runs the job's
-    `python` from the environment `ray start` ran in)."""
-    kept = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(DROPPED_ENV_PREFIXES) and key not in DROPPED_ENV
-    }
+    Its environment is `clean_environment()` plus `env` and the part's marker; the venv's bin
+    comes first on PATH (`ray job submit` runs the job's `python` from the environment `ray
+    start` ran in)."""
+    kept = clean_environment()
     kept["PATH"] = f"{VENV_BIN}{os.pathsep}{kept.get('PATH', '')}"
     kept |= {**env, MARKER_VARIABLE: marker(replica, name)}
     log = Path(replica.directory) / LOG_DIR / f"{name}.log"
@@ -195,8 +203,11 @@ def start_ray_node(replica: Replica) -> Part:
     """`ray start --block` for the next node (the first is the head); returns once it runs.
 
     Worker nodes get `cpus_per_node` logical CPUs each, more than the machine may have cores:
-    Ray only counts them to place work, which is what the replica has to mirror."""
+    Ray only counts them to place work, which is what the replica has to mirror. Every node
+    carries the label NODE_LABEL=<its part's name> (`--labels`: hidden from `ray start --help`
+    in 2.60, documented on Ray's "Use labels to control scheduling" page)."""
     index = len(replica.nodes)
+    name = f"n{index}"
     temp_dir = node_temp_dir(Path(replica.directory), index)
     flags = [*NODE_PORT_FLAGS, *(["ray-client-server-port"] if index == 0 else [])]
     ports = dict(zip(flags, free_ports(len(flags), replica.ports_given()), strict=True))
@@ -214,6 +225,7 @@ def start_ray_node(replica: Replica) -> Part:
         "--min-worker-port=0",  # core workers: any free port
         "--max-worker-port=0",
         *role,
+        f"--labels={NODE_LABEL}={name}",
         *(f"--{flag}={port}" for flag, port in ports.items()),
         f"--object-store-memory={replica.object_store_mb * 1024 * 1024}",
         f"--temp-dir={temp_dir}",
@@ -224,7 +236,7 @@ def start_ray_node(replica: Replica) -> Part:
     # cleaner) finds this dashboard instead of guessing among other Ray instances here.
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": replica.token_path}
     env["RAY_API_SERVER_ADDRESS"] = replica.dashboard_url
-    part = start_part(replica, f"n{index}", command, ports, **env)
+    part = start_part(replica, name, command, ports, **env)
     log = Path(part.log)  # `ray start` prints "Ray runtime started" once the node runs
     wait_until(part, START_TIMEOUT_S["node"], lambda: "runtime started" in log.read_text())
     return part

@@ -20,14 +20,20 @@ def job_env(replica: Replica) -> dict[str, str]:
     return {"MLFLOW_TRACKING_URI": replica.mlflow_url, **endpoint, **DUMMY_AWS}
 
 
-def export_lines(replica: Replica) -> str:
-    """The shell exports, plus RUNTIME_ENV_JSON (a plain shell variable) for jobs. RAY_ADDRESS
-    is the GCS address (`ray status` and `ray.init()` refuse an http:// URL); the job CLI and
-    the State API take RAY_API_SERVER_ADDRESS, the dashboard URL, first."""
+def ray_client_env(replica: Replica) -> dict[str, str]:
+    """What a Ray client (the `ray` CLI, `ray.init()`, the State API) needs to reach the
+    replica's cluster with its token. RAY_ADDRESS is the GCS address (`ray status` and
+    `ray.init()` refuse an http:// URL); the job CLI and the State API take
+    RAY_API_SERVER_ADDRESS, the dashboard URL, first."""
     ray = {"RAY_ADDRESS": f"127.0.0.1:{replica.gcs_port}"}
     ray |= {"RAY_API_SERVER_ADDRESS": replica.dashboard_url, "RAY_AUTH_MODE": "token"}
-    ray |= {"RAY_AUTH_TOKEN_PATH": replica.token_path}
-    variables = {**ray, **job_env(replica)}
+    return ray | {"RAY_AUTH_TOKEN_PATH": replica.token_path}
+
+
+def export_lines(replica: Replica) -> str:
+    """The shell exports (`ray_client_env`, `job_env`), plus RUNTIME_ENV_JSON (a plain shell
+    variable) for jobs."""
+    variables = {**ray_client_env(replica), **job_env(replica)}
     lines = [f"export {key}={shlex.quote(value)}" for key, value in variables.items()]
     runtime_env = shlex.quote(json.dumps({"env_vars": job_env(replica)}))
     lines.append(f"export RUNTIME_ENV_JSON={runtime_env}  # for: ray job submit --runtime-env-json")

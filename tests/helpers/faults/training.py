@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,3 +80,19 @@ def two_worker_deaths() -> list[TrainingHook]:
     replayed from scratch), then the last worker in the middle of epoch 2 (resumed from epoch
     1's checkpoint)."""
     return [KillBeforeReport(epoch=1), KillMidEpoch(epoch=2)]
+
+
+@dataclass(frozen=True)
+class SlowSteps(TrainingHook):
+    """Every step waits `seconds` first: a tiny model's steps take about as long as a real
+    one's, so that a cluster event reliably lands inside a run, between two steps."""
+
+    seconds: float
+
+    def before_step(self, position: LoopPosition) -> None:
+        time.sleep(self.seconds)
+
+
+def slow_steps() -> tuple[TrainingHook, ...]:
+    """`APCNET_TRAINING_HOOKS=helpers.faults.training:slow_steps`: 0.5 s per step."""
+    return (SlowSteps(0.5),)

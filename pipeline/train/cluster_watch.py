@@ -1,0 +1,118 @@
+"""The driver's watch over the nodes under a training run: one console line per event, and the
+bound on an elastic group's wait below its minimum.
+
+Ray Train handles the events itself (it restarts the worker group from the last checkpoint when
+a node goes, and an elastic group resizes when nodes come or go), but says nothing a person can
+read: its own messages are tracebacks of the lost workers' connections. `ClusterWatch` polls
+Ray's node table (`ray.nodes()`) and the run's `GroupLedger` once a second and prints:
+- `node <id> lost at epoch E step S (iteration I): ...` for a node of the current group;
+- for an elastic group: `waiting for nodes: ...` when the live nodes cannot hold its minimum,
+  and `node <id> joined: ...` when a new node makes room for a larger group.
+The workers print the rest (a preemption notice, and where a new group resumes).
+
+Below its minimum an elastic group would wait forever (Ray Train's elastic policy retries the
+start without a time limit). After `scaling.node_wait_s` the watch ends the run the way Ray
+Train documents for Ctrl-C, a SIGINT to the driver (Train's handler aborts the run), and sets
+`gave_up`; the driver then raises `WorkersNotPlacedError`. That needs the training to run in the
+process's main thread, where Ray Train installs its handler: a job's. A Tune trial is fixed-size
+(`pipeline.config.search` refuses an elastic group in a search).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from pipeline.config.schema import ScalingSection
+from pipeline.train.failures import worker_resources, workers_that_fit
+from pipeline.train.group_ledger import GroupRecord
+
+POLL_S = 1.0
+
+
+class ClusterWatch:
+    """Watches the cluster under one run while `with ClusterWatch(...):` is open."""
+
+    def __init__(
+        self,
+        ledger: Any,
+        scaling: ScalingSection,
+        iterations_per_epoch: int,
+        print_line: Callable[[str], None] | None,
+    ) -> None:
+        self._ledger = ledger
+        self._scaling = scaling
+        self._iterations_per_epoch = iterations_per_epoch
+        self._print = print_line or (lambda line: None)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ClusterWatch", daemon=True)
+        self._can_abort = threading.current_thread() is threading.main_thread()
+        self._known_nodes: set[str] | None = None
+        self._reported_lost: set[str] = set()
+        self._short_since: float | None = None
+        self.gave_up = False
+
+    def __enter__(self) -> ClusterWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_S):
+            try:
+                self._poll()
+            except Exception:
+                continue
+
+    def _poll(self) -> None:
+        alive = {node["NodeID"]: node["Resources"] for node in ray.nodes() if node.get("Alive")}
+        group: GroupRecord | None = ray.get(self._ledger.current.remote(), timeout=10)
+        if group is not None:
+            for node in sorted(set(group.nodes) - alive.keys() - self._reported_lost):
+                self._reported_lost.add(node)
+                self._print(
+                    f"node {node[:8]} lost at {self._where(group)}: Ray Train restarts the "
+                    "workers from the last checkpoint"
+                )
+        if self._scaling.elastic:
+            self._watch_room(alive, group)
+        self._known_nodes = set(alive)
+
+    def _watch_room(self, alive: dict[str, dict[str, float]], group: GroupRecord | None) -> None:
+        scaling = self._scaling
+        room = min(workers_that_fit(worker_resources(scaling), alive.values()), scaling.max_workers)
+        if room < scaling.min_workers:
+            now = time.monotonic()
+            if self._short_since is None:
+                self._short_since = now
+                self._print(
+                    f"waiting for nodes: the cluster holds {room} of the at least "
+                    f"{scaling.min_workers} workers of scaling.num_workers={scaling.workers_text}; "
+                    f"the run stops if none joins within scaling.node_wait_s="
+                    f"{scaling.node_wait_s:g} s"
+                )
+            elif now - self._short_since > scaling.node_wait_s and not self.gave_up:
+                self.gave_up = True
+                if self._can_abort:
+                    signal.raise_signal(signal.SIGINT)
+            return
+        self._short_since = None
+        joined = set(alive) - (self._known_nodes if self._known_nodes is not None else set(alive))
+        if group is not None and joined and room > group.workers:
+            for node in sorted(joined):
+                self._print(
+                    f"node {node[:8]} joined: room for {room} workers; the group grows at its "
+                    f"next resize check (scaling.resize_check_s={scaling.resize_check_s:g} s)"
+                )
+
+    def _where(self, group: GroupRecord) -> str:
+        step = group.global_iteration - (group.epoch - 1) * self._iterations_per_epoch
+        return f"epoch {group.epoch} step {step} (iteration {group.global_iteration})"
