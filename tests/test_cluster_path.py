@@ -426,7 +426,7 @@ def test_training_with_every_path_on_s3_survives_a_lost_node(node_loss_run):
     # Resumed from the bucket on the new node (Ray's State API, not the project's tag).
     assert node_loss_run["replacement"] <= node_loss_run["workers_after"]
     resumed = [line for line in node_loss_run["logs"].splitlines() if "resum" in line.lower()]
-    assert any("resuming lost-node after epoch" in line for line in resumed), (
+    assert any("restarting the 2 workers: resuming at epoch" in line for line in resumed), (
         resumed,
         [line for line in node_loss_run["logs"].splitlines() if "epoch" in line][-30:],
     )

@@ -2,6 +2,7 @@
 
 import hashlib
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from helpers.datasets import png_bytes, write_shard_set
 from pipeline.config.ingest import IngestOptions
 from pipeline.data.ingest import (
     AUGMENTATION_EPOCH_COLUMN,
+    FIRST_EPOCH_CONFIG,
     data_config,
     eval_dataset,
     train_dataset,
@@ -112,29 +114,38 @@ def test_each_pass_is_a_new_epoch_reproducible_from_the_seed(ray_session, manife
     assert passes[1] == sample_fingerprints(train_dataset(manifest, "train", CROP, seed=9, epoch=1))
 
 
-def test_a_pass_abandoned_midway_leaves_the_epoch_and_one_or_two_workers_augment_alike(
+def test_a_restarted_group_of_another_size_reads_its_checkpoints_epoch_augmented_alike(
     ray_session, manifest
 ):
-    # What a restart or a resize of the training group does to the data: the interrupted
-    # epoch's pass is dropped after a batch, and the new group (of another size) reads the
-    # epoch again. Its samples are augmented for the same epoch, exactly as without the restart.
+    # What a restart or a resize of the training group does to the data: Ray Train hands the
+    # new group a fresh copy of the dataset (its pass count starts again at 0) and
+    # SegmentationDataConfig sets the epoch its checkpoint completed. Read by one worker
+    # instead of two, its samples are those of that epoch, augmented exactly as without it.
     def split_fingerprints(dataset, workers: int) -> tuple[list[str], set[int]]:
-        digests, epochs = [], set()
-        for shard in dataset.streaming_split(workers, equal=False):
+        digests: list[str] = []
+        epochs: set[int] = set()
+
+        def consume(shard) -> None:  # split consumers read together, as workers do
             for batch in shard.iter_batches(batch_size=2, batch_format="numpy"):
-                epochs |= set(batch[AUGMENTATION_EPOCH_COLUMN].tolist())
+                epochs.update(batch[AUGMENTATION_EPOCH_COLUMN].tolist())
                 for image, mask in zip(batch["image"], batch["mask"], strict=True):
                     digests.append(hashlib.sha1(image.tobytes() + mask.tobytes()).hexdigest())
+
+        shards = dataset.streaming_split(workers, equal=False)
+        threads = [threading.Thread(target=consume, args=(shard,)) for shard in shards]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
         return sorted(digests), epochs
 
-    uninterrupted = train_dataset(manifest, "train", CROP, seed=4, first_epoch=3)
-    expected = split_fingerprints(uninterrupted, 2)
-    restarted = train_dataset(manifest, "train", CROP, seed=4, first_epoch=3)
-    abandoned = restarted.streaming_split(2, equal=False)[0].iter_batches(batch_size=2)
-    next(iter(abandoned))
-    del abandoned
-    assert split_fingerprints(restarted, 1) == expected
-    assert expected[1] == {3}
+    uninterrupted = split_fingerprints(
+        train_dataset(manifest, "train", CROP, seed=4, first_epoch=3), workers=2
+    )
+    restarted = train_dataset(manifest, "train", CROP, seed=4)
+    restarted.context.set_config(FIRST_EPOCH_CONFIG, 3)
+    assert split_fingerprints(restarted, workers=1) == uninterrupted
+    assert uninterrupted[1] == {3} and len(uninterrupted[0]) == len(SIZES)
 
 
 def samples_in_order(dataset) -> list[str]:

@@ -84,6 +84,9 @@ RAY_LINES_AT_A_NODE_LOSS = (
     "The node with node id: 8acbe4 and address: 192.0.2.2 and node name: 192.0.2.2 has been "
     "marked dead because the detector has missed too many heartbeats from it.",
     "\tclass_name: RayTrainWorker",
+    "(raylet) Raylet is terminated. Termination is unexpected. Possible reasons include: (1) "
+    "SIGKILL by the user or system OOM killer\n    [state-dump] \n    [2026-12-06 23:08:57] "
+    "(raylet) accessor.cc:475: Received address and liveness notification for node",
     "The actor died because its node has died. Node Id: 7063f1877313",
     "Error in control loop iteration: The worker group startup timed out after 20.0 seconds",
     "ray.train.v2._internal.exceptions.WorkerGroupStartupTimeoutError: The worker group startup",

@@ -112,3 +112,28 @@ def test_a_killed_driver_resubmitted_by_name_resumes_and_a_finished_run_says_com
     again = run_job(tmp_path, "--config", str(config_file), "--name", "resumable", timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already complete" in again.stdout
+
+
+@pytest.mark.integration
+def test_an_elastic_group_below_its_minimum_stops_after_node_wait_s_with_one_line(
+    ray_session, tmp_path
+):
+    # No node offers the resource each worker needs: Ray's elastic policy alone would wait
+    # for one forever; the job stops after scaling.node_wait_s and says why in one line.
+    config = tiny_config(
+        tmp_path,
+        "scaling.num_workers=[1, 2]",
+        "scaling.resources_per_worker={CPU: 0.5, apcnet_absent_node: 1}",
+        "scaling.node_wait_s=5",
+    )
+    config_file = tmp_path / "below-min.yaml"
+    config_file.write_text(config_to_yaml(config))
+    started = time.monotonic()
+    job = run_job(tmp_path, "--config", str(config_file), "--name", "below-min", timeout=300)
+    assert job.returncode == 2, (job.stdout[-2000:], job.stderr[-3000:])
+    assert "waiting for nodes: the cluster holds 0 of the at least 1 workers" in job.stdout
+    errors = [line for line in job.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1, job.stderr[-3000:]
+    assert "scaling.num_workers=[1, 2]" in errors[0] and "node_wait_s=5" in errors[0]
+    assert "Traceback" not in job.stderr, job.stderr[-3000:]
+    assert time.monotonic() - started < 120

@@ -118,6 +118,7 @@ EXPECTED_LOSS_LINES_TO_DROP = (
     r"Graceful shutdown of backend failed\. This is expected if one of the workers has crashed",
     r"Failed to remove \d+ bundle\(s\) for placement group",
     r"has been marked dead because the detector has missed too many heartbeats",
+    r"Raylet is terminated\. Termination is unexpected\.",  # with the raylet's last lines
     r"^\t",  # the details under Ray's error messages (a dead actor's id, pid, ...)
     r"The actor died because its node has died",
     r"PreemptionWatcher: preemption detected",

@@ -10,12 +10,15 @@ Ray's node table (`ray.nodes()`) and the run's `GroupLedger` once a second and p
   and `node <id> joined: ...` when a new node makes room for a larger group.
 The workers print the rest (a preemption notice, and where a new group resumes).
 
-Below its minimum an elastic group would wait forever (Ray Train's elastic policy retries the
-start without a time limit). After `scaling.node_wait_s` the watch ends the run the way Ray
-Train documents for Ctrl-C, a SIGINT to the driver (Train's handler aborts the run), and sets
-`gave_up`; the driver then raises `WorkersNotPlacedError`. That needs the training to run in the
-process's main thread, where Ray Train installs its handler: a job's. A Tune trial is fixed-size
-(`pipeline.config.search` refuses an elastic group in a search).
+Below its minimum an elastic group would wait forever: Ray Train's elastic policy retries the
+start without a time limit, and in Ray 2.60 its controller then loops without yielding, so
+even Train's own Ctrl-C abort (a call to the controller) is never served. After
+`scaling.node_wait_s` the watch therefore sets `gave_up` and sends the driver SIGUSR1, whose
+handler (installed for the run) raises `GroupBelowMinimum` out of the driver's wait on
+`trainer.fit()`; the driver reports `WorkersNotPlacedError` and exits, and Ray ends the run's
+controller and workers with the driver that owns them. Signal handlers live in the process's
+main thread: a job's. A Tune trial is fixed-size (`pipeline.tune.search` refuses an elastic
+group in a search).
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ from pipeline.train.failures import worker_resources, workers_that_fit
 from pipeline.train.group_ledger import GroupRecord
 
 POLL_S = 1.0
+# Sent by the watch to its own process once an elastic group waited below min for too long.
+STOP_SIGNAL = signal.SIGUSR1
+
+
+class GroupBelowMinimum(KeyboardInterrupt):
+    """Raised in the driver's main thread: the elastic group stayed below its minimum. A
+    KeyboardInterrupt, the one exception Ray's blocking `ray.get` lets a signal handler raise
+    out of its wait (it arrives as a plain KeyboardInterrupt; the driver reads `gave_up`)."""
 
 
 class ClusterWatch:
@@ -51,19 +62,24 @@ class ClusterWatch:
         self._print = print_line or (lambda line: None)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ClusterWatch", daemon=True)
-        self._can_abort = threading.current_thread() is threading.main_thread()
+        self._can_stop = scaling.elastic and threading.current_thread() is threading.main_thread()
+        self._previous_handler: Any = None
         self._known_nodes: set[str] | None = None
         self._reported_lost: set[str] = set()
         self._short_since: float | None = None
         self.gave_up = False
 
     def __enter__(self) -> ClusterWatch:
+        if self._can_stop:
+            self._previous_handler = signal.signal(STOP_SIGNAL, _stop_the_run)
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        if self._can_stop:
+            signal.signal(STOP_SIGNAL, self._previous_handler)
 
     def _run(self) -> None:
         while not self._stop.wait(POLL_S):
@@ -101,8 +117,8 @@ class ClusterWatch:
                 )
             elif now - self._short_since > scaling.node_wait_s and not self.gave_up:
                 self.gave_up = True
-                if self._can_abort:
-                    signal.raise_signal(signal.SIGINT)
+                if self._can_stop:
+                    signal.raise_signal(STOP_SIGNAL)
             return
         self._short_since = None
         joined = set(alive) - (self._known_nodes if self._known_nodes is not None else set(alive))
@@ -116,3 +132,7 @@ class ClusterWatch:
     def _where(self, group: GroupRecord) -> str:
         step = group.global_iteration - (group.epoch - 1) * self._iterations_per_epoch
         return f"epoch {group.epoch} step {step} (iteration {group.global_iteration})"
+
+
+def _stop_the_run(signum: int, frame: Any) -> None:
+    raise GroupBelowMinimum(f"signal {signum}: the elastic group stayed below its minimum")

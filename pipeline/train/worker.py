@@ -343,7 +343,12 @@ class Worker:
                 f"{lost} iterations since that checkpoint lost); {batch}"
             )
         elif progress.global_iteration > 0:
-            self.print(f"resuming {run_name} at {where} (iteration {progress.global_iteration})")
+            into = (
+                f", {progress.steps_into_epoch} steps into the next"
+                if progress.steps_into_epoch
+                else ""
+            )
+            self.print(f"resuming {run_name} after epoch {progress.epoch}{into}")
         if previous is None and plan.accumulation_steps > 1:
             self.print(f"batch     {batch}")
         return lost
