@@ -588,6 +588,8 @@ def test_an_elastic_run_logs_every_epoch_once_with_its_size_and_the_same_global_
     assert accumulation == [2 if size == 1 else 1 for size in workers], (workers, accumulation)
     assert {value for _, value in history("global_batch")} == {4.0}
     assert len(history("resize_lost_iterations")) == 12
+    # Every epoch, before and after each resize, read its own epoch's augmentation.
+    assert [value for _, value in history("augmentation_epoch_drift")] == [0.0] * 12
 
 
 def test_a_tracking_outage_loses_no_epoch_and_without_a_replacement_node_the_job_fails_in_time(

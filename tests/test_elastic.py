@@ -20,7 +20,7 @@ from pipeline.data.ingest import AUGMENTATION_EPOCH_COLUMN
 from pipeline.train.failures import ELASTIC_START_RETRIES, failure_config
 from pipeline.train.group_ledger import GroupLedger, lost_iterations
 from pipeline.train.state import Progress, _progress, checkpoint_folder_name
-from pipeline.train.worker import check_augmentation_epoch, grouped
+from pipeline.train.worker import augmentation_epoch_drift, grouped
 from pipeline.tune.search import validate_search_config
 
 
@@ -46,11 +46,11 @@ def test_a_checkpoint_on_notice_records_the_steps_into_its_epoch_and_says_so_in_
     assert _progress({"epoch": 4, "global_iteration": 120}).steps_into_epoch == 0
 
 
-def test_a_group_refuses_rows_augmented_for_another_epoch():
+def test_rows_augmented_for_another_epoch_are_measured():
     rows = {AUGMENTATION_EPOCH_COLUMN: torch.tensor([2, 2], dtype=torch.int32)}
-    check_augmentation_epoch(rows, epoch=3)
-    with pytest.raises(RuntimeError, match=r"epoch 4 received rows augmented for data epoch \[2\]"):
-        check_augmentation_epoch(rows, epoch=4)
+    assert augmentation_epoch_drift(rows, epoch=3) == 0
+    assert augmentation_epoch_drift(rows, epoch=2) == 1
+    assert augmentation_epoch_drift(rows, epoch=5) == 2
 
 
 def test_micro_batches_group_into_steps_and_a_short_remainder_is_dropped():

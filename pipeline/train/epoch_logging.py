@@ -31,6 +31,8 @@ WORKERS_KEY = "workers"
 ACCUMULATION_KEY = "accumulation_steps"
 GLOBAL_BATCH_KEY = "global_batch"
 RESIZE_LOST_KEY = "resize_lost_iterations"
+# How far the epoch's rows were from the augmentation epoch it should read (0: none).
+AUGMENTATION_DRIFT_KEY = "augmentation_epoch_drift"
 # 1 on a report of a checkpoint saved on a preemption notice mid-epoch: not an epoch.
 NOTICE_KEY = "notice_checkpoint"
 # Reported for Ray Train's bookkeeping (or kept in the checkpoint's history), not for MLflow.

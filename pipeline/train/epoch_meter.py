@@ -27,6 +27,7 @@ class EpochResult:
     first_batch_unix_s: float | None
     first_step_unix_s: float | None
     nonfinite_at_iteration: int | None = None  # the step whose loss was NaN or infinite
+    augmentation_epoch_drift: int = 0  # see pipeline.train.worker.augmentation_epoch_drift
 
     def metrics(self, epoch: int, global_iteration: int, lr: float) -> dict[str, float]:
         """The epoch's reported metrics; `global_iteration` counts the steps after it."""
@@ -77,7 +78,9 @@ class EpochMeter:
         self._images += images
         self._progress.update(1)
 
-    def result(self, nonfinite_at_iteration: int | None = None) -> EpochResult:
+    def result(
+        self, nonfinite_at_iteration: int | None = None, augmentation_epoch_drift: int = 0
+    ) -> EpochResult:
         self._progress.close()
         return EpochResult(
             iterations=self._iterations,
@@ -88,4 +91,5 @@ class EpochMeter:
             first_batch_unix_s=self._first_batch_unix_s,
             first_step_unix_s=self._first_step_unix_s,
             nonfinite_at_iteration=nonfinite_at_iteration,
+            augmentation_epoch_drift=augmentation_epoch_drift,
         )
