@@ -181,8 +181,12 @@ def delete_dir(location: StoragePath) -> None:
 
 
 def read_bytes(location: StoragePath) -> bytes:
-    with location.filesystem.open_input_stream(location.path) as stream:
-        return stream.read()
+    """The whole file. Opened as a random-access file, whose unbounded read is one request
+    for the whole object; an input stream's unbounded read goes in small chunks, one request
+    each on an object store (a 137 MB checkpoint took 58 s instead of 0.4 s on the replica's
+    S3 server)."""
+    with location.filesystem.open_input_file(location.path) as file:
+        return file.read()
 
 
 def write_bytes_atomically(location: StoragePath | str | os.PathLike, data: bytes) -> None:
