@@ -19,16 +19,22 @@ from pipeline.console import logs
 from pipeline.data.ingest import AUGMENTATION_EPOCH_COLUMN
 from pipeline.train.failures import ELASTIC_START_RETRIES, failure_config
 from pipeline.train.group_ledger import GroupLedger, lost_iterations
-from pipeline.train.state import Progress, _progress, checkpoint_folder_name
+from pipeline.train.state import (
+    Progress,
+    _progress,
+    checkpoint_folder_name,
+    completed_epochs_of,
+)
 from pipeline.train.worker import augmentation_epoch_drift, grouped
 from pipeline.tune.search import validate_search_config
 
 
 def test_the_ledger_hands_a_new_group_the_previous_groups_size_and_last_step():
-    ledger = GroupLedger()
+    ledger = GroupLedger(completed_epochs=1)  # a run resumed after epoch 1
+    assert ledger.completed_epochs() == 1
     assert ledger.group_started(2, ("a", "b"), epoch=1, global_iteration=0) is None
     ledger.step_done(epoch=2, global_iteration=7)
-    ledger.checkpoint_reported(completed_epochs=2)
+    ledger.checkpoint_registered(completed_epochs=2)
     previous = ledger.group_started(1, ("a",), epoch=3, global_iteration=6)
     assert (previous.workers, previous.nodes, previous.global_iteration) == (2, ("a", "b"), 7)
     assert lost_iterations(previous, resumed_at_iteration=6) == 1
@@ -40,6 +46,8 @@ def test_the_ledger_hands_a_new_group_the_previous_groups_size_and_last_step():
 def test_a_checkpoint_on_notice_records_the_steps_into_its_epoch_and_says_so_in_its_name():
     assert checkpoint_folder_name(4) == "epoch_0004"
     assert checkpoint_folder_name(4, notice_at_iteration=123) == "epoch_0004_notice_000123"
+    assert completed_epochs_of("epoch_0004_notice_000123") == completed_epochs_of("epoch_0004") == 4
+    assert completed_epochs_of(checkpoint_folder_name(12345)) == 12345
     extra = {"epoch": 4, "global_iteration": 123, "history": [], "steps_into_epoch": 3}
     assert _progress(extra) == Progress(4, 123, (), steps_into_epoch=3)
     # A checkpoint written before steps were recorded resumes at its epoch's end.

@@ -13,6 +13,7 @@ import pytest
 from helpers.faults.training import NanLossAt, kill_marker
 from helpers.jobs import run_job_process, start_job_process
 from helpers.runs import metric_steps, mlflow_run_id, tiny_config
+from mlflow import MlflowClient
 
 from pipeline.config.schema import config_to_yaml
 from pipeline.train.driver import train_or_resume
@@ -45,6 +46,11 @@ def test_killed_workers_are_replaced_and_every_epoch_reaches_mlflow_exactly_once
     logged = mlflow_run_id(config, "killed-workers")
     for key in ("train_loss", "lr", "val_miou", "epoch_time_s"):
         assert metric_steps(config.tracking.tracking_uri, logged, key) == [1, 2], key
+    # Each restarted group read the augmentation of the epoch it resumed at.
+    drift = MlflowClient(config.tracking.tracking_uri).get_metric_history(
+        logged, "augmentation_epoch_drift"
+    )
+    assert sorted((m.step, m.value) for m in drift) == [(1, 0.0), (2, 0.0)]
 
 
 @pytest.mark.integration

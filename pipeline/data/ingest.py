@@ -309,8 +309,8 @@ class SegmentationDataConfig(ray.train.DataConfig):
     gets `ingest_options(cpu_limit)` and the workers' nodes as locality hints.
 
     `resume_epochs`, when given, is a Ray actor whose `completed_epochs()` says how many
-    epochs the checkpoint a new worker group resumes from has completed (None before the
-    run's first checkpoint); the training datasets then start their epoch count there
+    epochs the checkpoint a new worker group resumes from has completed (0 when it starts
+    from none); the training datasets then start their epoch count there
     (FIRST_EPOCH_CONFIG).
     """
 
@@ -336,7 +336,7 @@ class SegmentationDataConfig(ray.train.DataConfig):
         output: list[dict[str, Any]] = [{} for _ in range(world_size)]
         completed = None
         if self.resume_epochs is not None:
-            completed = ray.get(self.resume_epochs.completed_epochs.remote())
+            completed = int(ray.get(self.resume_epochs.completed_epochs.remote()))
         for name, dataset in datasets.items():
             if dataset.name is None:
                 dataset.set_name(name)

@@ -47,7 +47,7 @@ from pipeline.train.failures import (
     too_few_nodes,
     workers_not_placed,
 )
-from pipeline.train.group_ledger import start_ledger
+from pipeline.train.group_ledger import CheckpointsToLedger, start_ledger
 from pipeline.train.hooks import TrainingHook, TrainingHooks, hooks_from_environment
 from pipeline.train.run_folder import (
     SCORE_METRIC,
@@ -200,7 +200,8 @@ def fit(request: RunRequest, reporting: RunReporting) -> TrainOutcome:
 
     # How long a worker group may wait for room after a node is lost (pipeline.train.failures).
     os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = str(config.scaling.node_wait_s)
-    ledger = start_ledger()
+    ledger = start_ledger(resumed_after)
+    callbacks.append(CheckpointsToLedger(ledger))
     marks["fit_called"] = startup.now()
     trainer = TorchTrainer(
         train_loop_per_worker,

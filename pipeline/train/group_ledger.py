@@ -1,24 +1,31 @@
 """What outlives a worker group within one run: which group trains, on which nodes, how far.
 
-Ray Train restarts the whole worker group from the last checkpoint after a failure, a
-preemption and every resize of an elastic group; the new group knows only that checkpoint.
+Ray Train restarts the whole worker group from the last registered checkpoint after a failure,
+a preemption and every resize of an elastic group; the new group knows only that checkpoint.
 `GroupLedger` is a small Ray actor that the driver starts on its own node for the run (it dies
-with the driver: a run resumed by a new job starts a new ledger). Rank 0 of every group tells
-it where the group runs, after each optimiser step how far it got, and after each checkpoint
-how many epochs that checkpoint completed; so a new group's data start at the right epoch, and
-it can say
-what the restart cost (`resize_lost_iterations`: steps trained after the checkpoint it resumes
-from, done again) and whether it shrank or grew, and the driver's `ClusterWatch` can say at
-which epoch and step a node was lost.
+with the driver: a run resumed by a new job starts a new ledger, from the checkpoint that job
+resumes). Rank 0 of every group tells it where the group runs and, after each optimiser step,
+how far it got; `CheckpointsToLedger`, a Ray Train callback on the controller, tells it each
+checkpoint Ray registers, the one the next group resumes from. So a new group's data start at
+the right epoch, it can say what the restart cost (`resize_lost_iterations`: steps trained
+after that checkpoint, done again) and whether it shrank or grew, and the driver's
+`ClusterWatch` can say at which epoch and step a node was lost.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 import ray
+import ray.train
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from pipeline.train.state import completed_epochs_of
+
+# How long the controller waits for the ledger (on the driver's node) to take a registration.
+LEDGER_CALL_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
@@ -34,9 +41,9 @@ class GroupRecord:
 class GroupLedger:
     """The run's record of its worker groups (a Ray actor: `ray.remote(GroupLedger)`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, completed_epochs: int = 0) -> None:
         self._current: GroupRecord | None = None
-        self._completed_epochs: int | None = None
+        self._completed_epochs = completed_epochs
 
     def group_started(
         self, workers: int, nodes: tuple[str, ...], epoch: int, global_iteration: int
@@ -57,15 +64,31 @@ class GroupLedger:
     def current(self) -> GroupRecord | None:
         return self._current
 
-    def checkpoint_reported(self, completed_epochs: int) -> None:
-        """Rank 0 reported a checkpoint after `completed_epochs` whole epochs."""
+    def checkpoint_registered(self, completed_epochs: int) -> None:
+        """Ray Train registered a checkpoint saved after `completed_epochs` whole epochs."""
         self._completed_epochs = completed_epochs
 
-    def completed_epochs(self) -> int | None:
-        """The whole epochs of the latest checkpoint reported in this run (None: none yet), the
-        one a new group resumes from: its training data start at the next epoch
-        (`pipeline.data.ingest.SegmentationDataConfig`)."""
+    def completed_epochs(self) -> int:
+        """The whole epochs of the checkpoint a new group resumes from: the latest registered
+        in this run, else the one the run started from (0 for a new run). Its training data
+        start at the next epoch (`pipeline.data.ingest.SegmentationDataConfig`)."""
         return self._completed_epochs
+
+
+class CheckpointsToLedger(ray.train.UserCallback):
+    """Tells the run's `GroupLedger` about every checkpoint Ray Train registers. Runs on the
+    controller after Ray's checkpoint manager has taken the report, so the ledger holds exactly
+    the checkpoint a restarted group is given (`ray.train.get_checkpoint`): a report lost with
+    its group never reaches it."""
+
+    def __init__(self, ledger: Any) -> None:
+        self.ledger = ledger
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any):
+        if checkpoint is None:
+            return
+        completed = completed_epochs_of(PurePosixPath(checkpoint.path).name)
+        ray.get(self.ledger.checkpoint_registered.remote(completed), timeout=LEDGER_CALL_TIMEOUT_S)
 
 
 def lost_iterations(previous: GroupRecord | None, resumed_at_iteration: int) -> int:
@@ -75,11 +98,12 @@ def lost_iterations(previous: GroupRecord | None, resumed_at_iteration: int) -> 
     return max(0, previous.global_iteration - resumed_at_iteration)
 
 
-def start_ledger() -> Any:
+def start_ledger(completed_epochs: int) -> Any:
     """A new `GroupLedger` actor on this process's node (so that it outlives every worker node),
-    reserving no CPU; the caller kills it when the run ends."""
+    reserving no CPU, for a run that starts from a checkpoint of `completed_epochs` epochs (0:
+    none); the caller kills it when the run ends."""
     here = ray.get_runtime_context().get_node_id()
     ledger = ray.remote(GroupLedger).options(
         num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
     )
-    return ledger.remote()
+    return ledger.remote(completed_epochs)

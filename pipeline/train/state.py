@@ -38,6 +38,12 @@ def checkpoint_folder_name(epoch: int, notice_at_iteration: int | None = None) -
     return name if notice_at_iteration is None else f"{name}_notice_{notice_at_iteration:06d}"
 
 
+def completed_epochs_of(folder_name: str) -> int:
+    """The whole epochs a checkpoint folder named by `checkpoint_folder_name` completed:
+    4 for both `epoch_0004` and `epoch_0004_notice_000123`."""
+    return int(folder_name.removeprefix(CHECKPOINT_FOLDER_PREFIX).split("_", 1)[0])
+
+
 @dataclass(frozen=True)
 class Progress:
     """How far a run got: the last completed epoch (0 = none), optimisation steps so far, the

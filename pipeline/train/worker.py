@@ -210,9 +210,8 @@ def train_one_epoch(
 def augmentation_epoch_drift(batch: dict[str, torch.Tensor], epoch: int) -> int:
     """How far the rows of `batch` are from data epoch `epoch - 1`, whose augmentation training
     epoch `epoch` must read, also after a restart or a resize of the group (0: all of them are
-    of it). Reported per epoch as `augmentation_epoch_drift`: a resize keeps it at 0 (the
-    replica's elastic test checks); a group restarted at the same size can still read another
-    epoch's augmentation (see ARCHITECTURE.md)."""
+    of it). Reported per epoch as `augmentation_epoch_drift`, with a warning line when it is
+    not 0: a sign that a new group's data did not start at its checkpoint's epoch."""
     drawn_for = batch[AUGMENTATION_EPOCH_COLUMN]
     return int((drawn_for.to(torch.int64) - (epoch - 1)).abs().max())
 
@@ -363,12 +362,6 @@ class Worker:
         if self.ledger is not None:
             self.ledger.step_done.remote(epoch, global_iteration)
 
-    def checkpoint_reported(self, completed_epochs: int) -> None:
-        """Tell the ledger a checkpoint after `completed_epochs` epochs is reported (rank 0).
-        Waited for: a group started after this must find it."""
-        if self.ledger is not None:
-            ray.get(self.ledger.checkpoint_reported.remote(completed_epochs))
-
 
 def validate_on_worker(
     model: nn.Module, settings: LoopSettings, worker: Worker
@@ -415,7 +408,6 @@ def report(
         state.save(Path(folder), settings.metadata)
         checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(reported, checkpoint=checkpoint, checkpoint_dir_name=name)
-    worker.checkpoint_reported(state.progress.epoch)
 
 
 def position(settings: LoopSettings, worker: Worker, epoch: int, iteration: int) -> LoopPosition:
