@@ -17,7 +17,8 @@ from pipeline.config.schema import ScalingSection, load_config
 from pipeline.config.typed import ConfigError
 from pipeline.console import logs
 from pipeline.data.ingest import AUGMENTATION_EPOCH_COLUMN
-from pipeline.train.failures import ELASTIC_START_RETRIES, failure_config
+from pipeline.train.cluster_watch import RestartWatch
+from pipeline.train.failures import elastic_restart_bound_s, failure_config
 from pipeline.train.group_ledger import GroupLedger, lost_iterations
 from pipeline.train.state import (
     Progress,
@@ -69,13 +70,38 @@ def test_micro_batches_group_into_steps_and_a_short_remainder_is_dropped():
 def test_an_elastic_group_may_retry_a_start_and_commits_a_notice_checkpoint_without_the_preempted():
     fixed = failure_config(ScalingSection(num_workers=2, max_failures=3))
     elastic = failure_config(ScalingSection(num_workers=(1, 2), max_failures=3))
-    assert (fixed.controller_failure_limit, elastic.controller_failure_limit) == (
-        0,
-        ELASTIC_START_RETRIES,
-    )
+    # Ray counts start failures over the whole run: an elastic run is bounded per restart.
+    assert (fixed.controller_failure_limit, elastic.controller_failure_limit) == (0, -1)
     assert fixed.max_failures == elastic.max_failures == 3
     assert elastic.relax_collectives_on_preemption
     assert elastic.max_preemption_failures == -1  # a noticed preemption never uses max_failures
+
+
+def test_every_restart_after_a_lost_node_gets_its_own_bound_paused_while_below_minimum():
+    bound = elastic_restart_bound_s(ScalingSection(num_workers=(1, 2), node_wait_s=20))
+    assert bound == 60
+    watch = RestartWatch(bound)
+    assert not watch.overdue(group_number=1, room_for_minimum=True, now=0)
+    for loss in range(3):  # many losses in one run: each restart is timed on its own
+        lost_at = 1000.0 * loss
+        watch.node_lost(group_number=loss + 1, now=lost_at)
+        assert not watch.overdue(loss + 1, room_for_minimum=True, now=lost_at + 59)
+        assert not watch.overdue(loss + 2, room_for_minimum=True, now=lost_at + 59)  # restarted
+        assert not watch.overdue(loss + 2, room_for_minimum=True, now=lost_at + 500)
+    watch.node_lost(group_number=4, now=5000)
+    assert not watch.overdue(4, room_for_minimum=False, now=5100)  # node_wait_s bounds this
+    assert not watch.overdue(4, room_for_minimum=True, now=5159)
+    assert watch.overdue(4, room_for_minimum=True, now=5161)
+    assert watch.overdue(None, room_for_minimum=True, now=5161)
+
+
+def test_the_ledger_numbers_each_group_of_the_run():
+    ledger = GroupLedger()
+    ledger.group_started(2, ("a", "b"), epoch=1, global_iteration=0)
+    ledger.step_done(epoch=1, global_iteration=3)
+    assert ledger.current().number == 1
+    ledger.group_started(1, ("a",), epoch=1, global_iteration=2)
+    assert (ledger.current().number, ledger.current().global_iteration) == (2, 2)
 
 
 # What Ray's processes printed at a node loss on the replica, before the quiet filter.

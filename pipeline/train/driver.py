@@ -23,6 +23,7 @@ from ray.train import CheckpointConfig, ControllerError, RunConfig, ScalingConfi
 from pipeline.config.schema import (
     ConfigError,
     ExperimentConfig,
+    ScalingSection,
     changed_keys,
     config_to_yaml,
     flatten_config,
@@ -37,13 +38,15 @@ from pipeline.data.training_data import TrainingData, load_training_data
 from pipeline.errors import UserError
 from pipeline.tracking.tags import DATA_MANIFEST_TAG, MANIFEST_HASH_TAG, RUN_OUTCOME_TAG
 from pipeline.train import startup
-from pipeline.train.cluster_watch import ClusterWatch
+from pipeline.train.cluster_watch import ClusterWatch, StopReason
 from pipeline.train.connection import connect
 from pipeline.train.epoch_logging import EpochsToMlflow, log_checkpoint_history
 from pipeline.train.failures import (
     WORKER_GROUP_START_TIMEOUT_ENV,
     NonFiniteLossError,
+    WorkersNotPlacedError,
     failure_config,
+    restart_not_started,
     too_few_nodes,
     workers_not_placed,
 )
@@ -237,15 +240,15 @@ def fit(request: RunRequest, reporting: RunReporting) -> TrainOutcome:
     try:
         with watch:
             result = trainer.fit()
-        if watch.gave_up:
-            raise too_few_nodes(run_name, config.scaling)
+        if watch.stop_reason is not None:
+            raise _stopped_by_watch(watch.stop_reason, run_name, config.scaling)
     except BaseException as error:
         if tracker is not None:
             # A Tune trial that reached its last epoch is torn down by Tune; its callback
             # on the driver may already have ended the run with the trial's real status.
             tracker.set_terminated("FAILED", only_if_running=True)
-        if watch.gave_up:
-            raise too_few_nodes(run_name, config.scaling) from None
+        if watch.stop_reason is not None:
+            raise _stopped_by_watch(watch.stop_reason, run_name, config.scaling) from None
         explained = workers_not_placed(error, run_name, config.scaling)
         if explained is not None:
             raise explained from error
@@ -290,6 +293,14 @@ def fit(request: RunRequest, reporting: RunReporting) -> TrainOutcome:
         tracker.set_terminated("FINISHED")
     write_complete_marker(outcome.run_folder, outcome.summary())
     return outcome
+
+
+def _stopped_by_watch(
+    reason: StopReason, run_name: str, scaling: ScalingSection
+) -> WorkersNotPlacedError:
+    if reason is StopReason.NO_RESTART:
+        return restart_not_started(run_name, scaling)
+    return too_few_nodes(run_name, scaling)
 
 
 def _loop_settings(

@@ -8,7 +8,8 @@ the driver sets from `scaling.node_wait_s`; with no controller retries allowed, 
 fails, and the driver tells the user with `WorkersNotPlacedError` when the cluster indeed
 cannot hold the workers, instead of Ray's default of waiting and retrying forever. An elastic
 group (`scaling.num_workers: [min, max]`) restarts on the workers that fit, and waits only
-below `min`: `pipeline.train.cluster_watch` bounds that wait by `node_wait_s` as well.
+below `min`: `pipeline.train.cluster_watch` bounds that wait by `node_wait_s` as well, and
+each restart after a lost node by `elastic_restart_bound_s`.
 
 How losses count: a node lost without notice ends its workers, one worker-group failure
 against `scaling.max_failures`, for a fixed group as for an elastic one. A node Ray drains for
@@ -28,8 +29,9 @@ from ray.train import ControllerError, FailureConfig
 from pipeline.config.schema import ScalingSection
 from pipeline.errors import UserError
 
-# How many times an elastic group may fail to start in `node_wait_s` before the run fails.
-ELASTIC_START_RETRIES = 3
+# How many starts of `node_wait_s` each an elastic group gets to be training again after a
+# lost node (`elastic_restart_bound_s`): one may be spent on a stale view of the cluster.
+ELASTIC_START_ATTEMPTS = 3
 # Read by Ray Train's controller, which gets the driver's RAY_TRAIN_* variables.
 WORKER_GROUP_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
@@ -46,21 +48,27 @@ def failure_config(scaling: ScalingSection) -> FailureConfig:
     """Ray Train's failure handling for `scaling`.
 
     A worker group that cannot start in time is a controller failure in Ray Train; allowing
-    none makes the first wait past `node_wait_s` end a fixed group's run. An elastic group
-    gets a few: Ray's elastic policy sizes a restart from a view of the cluster that Ray Data's
-    autoscaling coordinator refreshes only every 20 s, so right after a node is lost it may
-    try the old size once more; that start fails after `node_wait_s`, and the next one sees
-    the nodes that are left. (Below its minimum an elastic group waits without starting;
-    `pipeline.train.cluster_watch` bounds that.)
+    none makes the first wait past `node_wait_s` end a fixed group's run. An elastic group is
+    allowed any number: Ray's elastic policy sizes a restart from a view of the cluster that
+    Ray Data's autoscaling coordinator refreshes only every 20 s, so right after a node is lost
+    it may try the old size once more; that start fails after `node_wait_s`, and the next one
+    sees the nodes that are left. Ray counts these failures over the whole run, so any finite
+    limit would end a long run on spot nodes at its Nth loss; `pipeline.train.cluster_watch`
+    bounds each restart instead (`elastic_restart_bound_s`), and the wait below `min`.
     """
-    retries = ELASTIC_START_RETRIES if scaling.elastic else 0
     return FailureConfig(
         max_failures=scaling.max_failures,
-        controller_failure_limit=retries,
+        controller_failure_limit=-1 if scaling.elastic else 0,
         # The checkpoint saved on a preemption notice registers with the ranks that stay, even
         # when the preempted node goes before its own ranks have reported (a short notice).
         relax_collectives_on_preemption=True,
     )
+
+
+def elastic_restart_bound_s(scaling: ScalingSection) -> float:
+    """How long an elastic group may take to train again after one of its nodes is lost, with
+    room for `min` workers left: `ELASTIC_START_ATTEMPTS` starts of `node_wait_s`."""
+    return ELASTIC_START_ATTEMPTS * scaling.node_wait_s
 
 
 def workers_not_placed(
@@ -101,6 +109,20 @@ def workers_that_fit(per_worker: Mapping[str, float], nodes: Iterable[Mapping[st
 
 def _live_node_resources() -> list[dict[str, float]]:
     return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def restart_not_started(run_name: str, scaling: ScalingSection) -> WorkersNotPlacedError:
+    """The user-facing error for an elastic run stopped by `ClusterWatch`: after a lost node, no
+    worker group started within `elastic_restart_bound_s` although the nodes had room."""
+    bound = elastic_restart_bound_s(scaling)
+    return WorkersNotPlacedError(
+        f"run {run_name!r}: after a node was lost, no worker group of scaling.num_workers="
+        f"{scaling.workers_text} started within {bound:g} s ({ELASTIC_START_ATTEMPTS} x "
+        f"scaling.node_wait_s), although the live nodes offer room for {scaling.min_workers} "
+        f"workers of {worker_resources(scaling)}; other work may hold those resources. Free "
+        "them or start a node, then run the same --name again: it resumes from its last "
+        "checkpoint"
+    )
 
 
 def too_few_nodes(run_name: str, scaling: ScalingSection) -> WorkersNotPlacedError:

@@ -14,7 +14,7 @@ after that checkpoint, done again) and whether it shrank or grew, and the driver
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -30,12 +30,14 @@ LEDGER_CALL_TIMEOUT_S = 30
 
 @dataclass(frozen=True)
 class GroupRecord:
-    """One worker group: its size, the node of each rank, and its last finished step."""
+    """One worker group: its size, the node of each rank, its last finished step, and which
+    group of the run it is (1 for the first under this driver)."""
 
     workers: int
     nodes: tuple[str, ...]
     epoch: int = 0
     global_iteration: int = 0
+    number: int = 1
 
 
 class GroupLedger:
@@ -51,15 +53,14 @@ class GroupLedger:
         """Record a new group resuming at (`epoch` in progress, `global_iteration`); return the
         group it replaces (None for the run's first group under this driver)."""
         previous = self._current
-        self._current = GroupRecord(workers, nodes, epoch, global_iteration)
+        number = previous.number + 1 if previous is not None else 1
+        self._current = GroupRecord(workers, nodes, epoch, global_iteration, number)
         return previous
 
     def step_done(self, epoch: int, global_iteration: int) -> None:
         """Rank 0 finished optimiser step `global_iteration`, in `epoch`."""
         if self._current is not None:
-            self._current = GroupRecord(
-                self._current.workers, self._current.nodes, epoch, global_iteration
-            )
+            self._current = replace(self._current, epoch=epoch, global_iteration=global_iteration)
 
     def current(self) -> GroupRecord | None:
         return self._current
