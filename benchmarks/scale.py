@@ -1,0 +1,515 @@
+"""Cost as the data grows: time and memory of preparing shards, training ingest and evaluation
+for growing synthetic sets, on local disk, with Ray's object store capped.
+
+For each size N (training images; the validation split is N / 8):
+- prepare: `jobs/prepare_data.py --format synthetic` as a user runs it (a subprocess):
+  seconds, images/s, the peak resident memory of its processes;
+- ingest: the training job's data path without the model (`pipeline.data.ingest.train_dataset`,
+  the Dataset Ray Train re-executes every epoch, iterated with `iter_torch_batches` as a
+  training worker does) over `--epochs` full epochs;
+- evaluation: `--eval-images` validation images through the evaluation's actor pool
+  (`pipeline.evaluate.counts.count_split_distributed`, resnet18 APCNet, whole-image mode).
+Each reports time to the first batch and steady-state images/s (after the first batch of each
+epoch) separately, the driver's and the largest Ray worker's unique memory (USS: resident
+pages no other process maps, so the object store's shared pages are not counted) above its
+baseline (the driver's before the phase; a worker's when it first appears), and the object
+store's peak use and the bytes spilled to disk during the phase, from `ray memory
+--stats-only` every 5 s (its own process, about a second of CPU each time: the same small tax
+on every size). Ray runs in this process (`ray.init(address="local")`) with its object store
+capped (`--object-store-mib`), so that the largest set's decoded images are several times it.
+
+Prints a table, writes JSON and a log-log PNG (seconds and memory against images).
+
+    python benchmarks/scale.py            # 1k, 4k, 16k images of 256 px (about 9 min here)
+    python benchmarks/scale.py --quick    # 500 and 4000 images of 128 px (about 2 min)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import gc
+import json
+import os
+import re
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+from pipeline.storage import write_text_atomically
+
+ROOT = Path(__file__).resolve().parent.parent
+# The `ray` command of the environment running this script.
+RAY_CLI = str(Path(sys.executable).parent / "ray")
+MIB = 2**20
+# What a synthetic sample decodes to: RGB image plus an 8-bit mask.
+DECODED_BYTES_PER_PIXEL = 4
+
+
+def unique_memory_mib(pid: int) -> float | None:
+    """Unique set size (private resident pages) of process `pid` in MiB, from Linux's
+    /proc/<pid>/smaps_rollup; None when the process is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            private = sum(
+                int(line.split()[1])
+                for line in rollup
+                if line.startswith(("Private_Clean:", "Private_Dirty:"))
+            )
+    except (OSError, ValueError, IndexError):
+        return None
+    return private / 1024
+
+
+def resident_memory_mib(pid: int) -> float | None:
+    """Resident set size of `pid` in MiB (/proc/<pid>/status VmRSS), None when gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and its descendants, from /proc (children files)."""
+    found, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as children:
+                    pending.extend(int(child) for child in children.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def ray_worker_pids() -> list[int]:
+    """The Ray worker processes of the instance this process started (its descendants whose
+    command line names default_worker.py or was renamed ray::<task>)."""
+    pids = []
+    for pid in process_tree(os.getpid())[1:]:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                command = cmdline.read()
+        except OSError:
+            continue
+        if b"default_worker.py" in command or command.startswith(b"ray::"):
+            pids.append(pid)
+    return pids
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    used_mib: float  # in the object store now
+    spilled_mib: float  # spilled to disk since Ray started
+
+
+def store_stats(gcs_address: str) -> StoreStats | None:
+    """The object store's use and the bytes spilled so far, from `ray memory --stats-only`."""
+    try:
+        result = subprocess.run(
+            [RAY_CLI, "memory", "--stats-only", "--address", gcs_address],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None
+    used = re.search(r"Plasma memory usage (\d+) MiB", result.stdout)
+    spilled = re.search(r"Spilled (\d+) MiB", result.stdout)
+    if used is None:
+        return None
+    return StoreStats(float(used.group(1)), float(spilled.group(1)) if spilled else 0.0)
+
+
+def quiesce(gcs_address: str, timeout_s: float = 60.0) -> None:
+    """Wait until what an earlier phase left is gone: its Python objects collected, every CPU
+    free and the object store empty again. An evaluation's actor pool and the model it put in
+    the object store outlive `count_split_distributed` until the garbage collector frees its
+    Dataset and Ray stops the actors and frees the model, seconds later; an ingest started
+    meanwhile ran short of object store, and its driver held 231 MiB of a 250 MiB set
+    (2026-12-07, 80 MiB store)."""
+    import ray
+
+    gc.collect()
+    deadline = time.monotonic() + timeout_s
+    total = ray.cluster_resources().get("CPU", 0.0)
+    while time.monotonic() < deadline:
+        cpus_free = ray.available_resources().get("CPU", 0.0) >= total
+        stats = store_stats(gcs_address)
+        if cpus_free and stats is not None and stats.used_mib < 1:
+            return
+        time.sleep(1.0)
+
+
+@dataclass
+class MemoryPeaks:
+    driver_growth_mib: float = 0.0
+    worker_growth_mib: float = 0.0
+    object_store_peak_mib: float = 0.0
+    spilled_mib: float = 0.0
+
+
+class MemorySampler:
+    """While open: this process's USS and every Ray worker's (the descendants of this process,
+    which started Ray), every `interval_s`; the object store's use and spilled bytes every
+    `store_interval_s` (`ray memory` is a process of its own: about a second of CPU each).
+    Keeps each process's growth above its first sample, the peaks and the bytes spilled."""
+
+    def __init__(
+        self, gcs_address: str, interval_s: float = 1.0, store_interval_s: float = 5.0
+    ) -> None:
+        self.gcs_address = gcs_address
+        self.interval_s = interval_s
+        self.store_every = max(1, round(store_interval_s / interval_s))
+        self.peaks = MemoryPeaks()
+        self._baselines: dict[int, float] = {}
+        self._spilled_at_start = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        quiesce(self.gcs_address)
+        self._driver_baseline = unique_memory_mib(os.getpid()) or 0.0
+        for pid in ray_worker_pids():
+            if (usage := unique_memory_mib(pid)) is not None:
+                self._baselines[pid] = usage
+        start = store_stats(self.gcs_address)
+        self._spilled_at_start = start.spilled_mib if start else 0.0
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample(with_store=True)
+
+    def _run(self) -> None:
+        rounds = 0
+        while not self._stop.wait(self.interval_s):
+            rounds += 1
+            self._sample(with_store=rounds % self.store_every == 0)
+
+    def _sample(self, with_store: bool) -> None:
+        peaks = self.peaks
+        driver = unique_memory_mib(os.getpid())
+        if driver is not None:
+            peaks.driver_growth_mib = max(peaks.driver_growth_mib, driver - self._driver_baseline)
+        for pid in ray_worker_pids():
+            usage = unique_memory_mib(pid)
+            if usage is None:
+                continue
+            baseline = self._baselines.setdefault(pid, usage)
+            peaks.worker_growth_mib = max(peaks.worker_growth_mib, usage - baseline)
+        if with_store and (stats := store_stats(self.gcs_address)) is not None:
+            peaks.object_store_peak_mib = max(peaks.object_store_peak_mib, stats.used_mib)
+            peaks.spilled_mib = stats.spilled_mib - self._spilled_at_start
+
+
+@dataclass
+class PhaseResult:
+    phase: str
+    size: int  # training images of the set
+    images: int  # images this phase processed
+    seconds: float
+    first_batch_s: float | None
+    steady_images_per_s: float | None
+    driver_growth_mib: float
+    worker_growth_mib: float
+    object_store_peak_mib: float
+    spilled_mib: float
+    notes: dict = field(default_factory=dict)
+
+
+class BatchClock:
+    """Times batches: the first batch's arrival and the images after it, per epoch."""
+
+    def __init__(self) -> None:
+        self.first_batch_s: float | None = None
+        self.steady: list[tuple[int, float]] = []  # (images after the first batch, seconds)
+
+    def epoch(self, batches, count_images) -> int:
+        started = time.perf_counter()
+        first_at, images, after_first = None, 0, 0
+        for batch in batches:
+            count = count_images(batch)
+            images += count
+            if first_at is None:
+                first_at = time.perf_counter()
+                if self.first_batch_s is None:
+                    self.first_batch_s = first_at - started
+            else:
+                after_first += count
+        if first_at is not None and after_first:
+            self.steady.append((after_first, time.perf_counter() - first_at))
+        return images
+
+    @property
+    def steady_images_per_s(self) -> float | None:
+        images = sum(count for count, _ in self.steady)
+        seconds = sum(seconds for _, seconds in self.steady)
+        return images / seconds if seconds else None
+
+
+def prepare(size: int, pixels: int, output: Path) -> PhaseResult:
+    """`jobs/prepare_data.py` for `size` training images; its peak resident memory sampled."""
+    command = [
+        sys.executable,
+        str(ROOT / "jobs" / "prepare_data.py"),
+        "--format", "synthetic",
+        "--num-train", str(size),
+        "--num-val", str(max(1, size // 8)),
+        "--size", str(pixels),
+        "--output", str(output),
+        "--no-progress",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    peak = 0.0
+    while process.poll() is None:
+        tree = [resident_memory_mib(pid) for pid in process_tree(process.pid)]
+        peak = max(peak, sum(usage for usage in tree if usage))
+        time.sleep(0.5)
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"prepare_data.py failed for {size} images (exit {process.returncode})")
+    images = size + max(1, size // 8)
+    return PhaseResult(
+        "prepare", size, images, seconds, None, images / seconds, peak, 0.0, 0.0, 0.0,
+        {"driver_growth_mib is": "the peak RSS of the job's processes"},
+    )  # fmt: skip
+
+
+def ingest(manifest, size: int, args: argparse.Namespace, gcs_address: str) -> PhaseResult:
+    """The training data path over `args.epochs` full epochs, consumed like a training worker
+    (`args.materialize`: the whole set materialised first, the variant that must not scale)."""
+    from pipeline.data.ingest import train_dataset
+    from pipeline.data.transforms import AugmentationConfig
+
+    crop = (args.pixels, args.pixels)
+    dataset = train_dataset(manifest, "train", AugmentationConfig(crop_size=crop), seed=0)
+    clock = BatchClock()
+    started = time.perf_counter()
+    images = 0
+    with MemorySampler(gcs_address) as sampler:
+        if args.materialize:
+            dataset = dataset.materialize()
+        for _ in range(args.epochs):
+            batches = dataset.iter_torch_batches(batch_size=args.batch_size, drop_last=True)
+            images += clock.epoch(batches, lambda batch: len(batch["image"]))
+    seconds = time.perf_counter() - started
+    peaks = sampler.peaks
+    return PhaseResult(
+        "ingest", size, images, seconds, clock.first_batch_s, clock.steady_images_per_s,
+        peaks.driver_growth_mib, peaks.worker_growth_mib, peaks.object_store_peak_mib,
+        peaks.spilled_mib, {"epochs": args.epochs},
+    )  # fmt: skip
+
+
+def evaluation(manifest, size: int, args: argparse.Namespace, gcs_address: str) -> PhaseResult:
+    """`args.eval_images` validation images (0: the whole split) through the evaluation's
+    actor pool (`args.materialize`: the split materialised first)."""
+    import torch
+
+    from apcnet import APCNet
+    from pipeline.data.ingest import eval_dataset
+    from pipeline.evaluate.actor_pool import plan_actor_pool
+    from pipeline.evaluate.counts import count_split_distributed
+    from pipeline.evaluate.testtime import TestTimeOptions
+
+    torch.manual_seed(0)
+    model = APCNet(manifest.num_classes, backbone="resnet18", channels=64).eval()
+    images = args.eval_images or manifest.splits["val"].rows
+    pool = plan_actor_pool(2, 0.5)
+
+    def evaluate(count: int) -> tuple[int, float]:
+        dataset = eval_dataset(manifest, "val")
+        if count < manifest.splits["val"].rows:
+            dataset = dataset.limit(count)
+        started = time.perf_counter()
+        if args.materialize:
+            dataset = dataset.materialize()
+        counts = count_split_distributed(
+            model, dataset, TestTimeOptions(), manifest.num_classes, manifest.ignore_index,
+            pool, batch_size=1, total_images=count,
+        )  # fmt: skip
+        return counts.num_images, time.perf_counter() - started
+
+    # Two runs, a quarter of the images and all of them: the time per image is the slope, the
+    # fixed cost (actor pool start, model shipped, first batch) the intercept.
+    with MemorySampler(gcs_address) as sampler:
+        few, few_seconds = evaluate(max(1, images // 4))
+        counted, seconds = evaluate(images)
+    per_image = (seconds - few_seconds) / (counted - few) if counted > few else None
+    fixed = seconds - per_image * counted if per_image else None
+    peaks = sampler.peaks
+    return PhaseResult(
+        "evaluation", size, counted, seconds, fixed, 1 / per_image if per_image else None,
+        peaks.driver_growth_mib, peaks.worker_growth_mib, peaks.object_store_peak_mib,
+        peaks.spilled_mib, {"first_batch_s is": "the fixed cost, from a run of a quarter"},
+    )  # fmt: skip
+
+
+class LocalRay:
+    """A Ray instance of this process's own (`ray.init(address="local")`), its object store
+    capped at `object_store_mib`; shut down on exit."""
+
+    def __init__(self, cpus: int, object_store_mib: int) -> None:
+        self.cpus, self.object_store_mib = cpus, object_store_mib
+        self.gcs_address = ""
+
+    def __enter__(self) -> LocalRay:
+        import ray
+        import ray.data
+
+        ray.init(
+            address="local",
+            num_cpus=self.cpus,
+            object_store_memory=self.object_store_mib * MIB,
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=False,
+        )
+        self.gcs_address = ray.get_runtime_context().gcs_address
+        # Ray Data's progress: a log line per operator every few seconds otherwise (no TTY).
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        import ray
+
+        ray.shutdown()
+
+
+def run(args: argparse.Namespace) -> list[PhaseResult]:
+    from pipeline.data.shards import load_manifest
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="apcnet-bench-scale-") as folder:
+        work = Path(folder)
+        sets = {}
+        for size in args.sizes:
+            result = prepare(size, args.pixels, work / f"set-{size}")
+            print_row(result)
+            results.append(result)
+            sets[size] = load_manifest(work / f"set-{size}")
+        with LocalRay(args.cpus, args.object_store_mib) as local:
+            # One unrecorded epoch of the smallest set first: the driver's imports and Ray Data's
+            # workers are then in place, so each phase's growth is the data's, not start-up's.
+            warm_up = argparse.Namespace(**{**vars(args), "epochs": 1, "materialize": False})
+            ingest(sets[min(sets)], min(sets), warm_up, local.gcs_address)
+            for size, manifest in sets.items():
+                for result in (
+                    ingest(manifest, size, args, local.gcs_address),
+                    evaluation(manifest, size, args, local.gcs_address),
+                ):
+                    print_row(result)
+                    results.append(result)
+    return results
+
+
+HEADER = (
+    f"{'phase':<10} {'size':>6} {'images':>6} {'seconds':>8} {'first batch s':>13} "
+    f"{'steady img/s':>12} {'driver +MiB':>11} {'worker +MiB':>11} {'store peak MiB':>14} "
+    f"{'spilled MiB':>11}"
+)
+
+
+def print_row(result: PhaseResult) -> None:
+    def number(value: float | None, width: int, digits: int = 1) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+    print(
+        f"{result.phase:<10} {result.size:>6} {result.images:>6} {result.seconds:>8.1f} "
+        f"{number(result.first_batch_s, 13, 2)} {number(result.steady_images_per_s, 12)} "
+        f"{result.driver_growth_mib:>11.0f} {result.worker_growth_mib:>11.0f} "
+        f"{result.object_store_peak_mib:>14.0f} {result.spilled_mib:>11.0f}",
+        flush=True,
+    )
+
+
+def plot(results: list[PhaseResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for phase in dict.fromkeys(result.phase for result in results):
+        rows = [result for result in results if result.phase == phase]
+        sizes = [row.size for row in rows]
+        time_axis.plot(sizes, [row.seconds for row in rows], marker="o", label=phase)
+        memory_axis.plot(
+            sizes, [max(row.driver_growth_mib, 1) for row in rows], marker="o",
+            label=f"{phase}: driver" if phase != "prepare" else "prepare: peak RSS",
+        )  # fmt: skip
+        if phase != "prepare":
+            memory_axis.plot(
+                sizes, [max(row.worker_growth_mib, 1) for row in rows], marker="s",
+                linestyle="--", label=f"{phase}: largest worker",
+            )  # fmt: skip
+            memory_axis.plot(
+                sizes, [max(row.object_store_peak_mib, 1) for row in rows], marker="^",
+                linestyle=":", label=f"{phase}: object store peak",
+            )  # fmt: skip
+    for axis, label in ((time_axis, "seconds"), (memory_axis, "MiB (growth above baseline)")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("training images in the set")
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="500 and 4000 images of 128 px")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
+    parser.add_argument("--pixels", type=int, default=256, help="synthetic image side")
+    parser.add_argument("--epochs", type=int, default=2, help="ingest epochs per size")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--eval-images", type=int, default=32, help="0: the whole val split")
+    parser.add_argument(
+        "--materialize", action="store_true", help="materialise each set first (must not scale)"
+    )
+    parser.add_argument("--object-store-mib", type=int, default=512)
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "out" / "scale.json"))
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.pixels, args.eval_images = [500, 4000], 128, 8
+        args.object_store_mib = min(args.object_store_mib, 80)
+    largest = max(args.sizes) * args.pixels**2 * DECODED_BYTES_PER_PIXEL / MIB
+    print(
+        f"sizes {args.sizes} at {args.pixels} px: the largest set decodes to {largest:.0f} MiB, "
+        f"{largest / args.object_store_mib:.1f}x the object store ({args.object_store_mib} MiB)"
+    )
+    print(HEADER)
+    results = run(args)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "settings": {key: value for key, value in vars(args).items() if key != "output"},
+        "largest_set_decoded_mib": largest,
+        "results": [asdict(result) for result in results],
+    }
+    write_text_atomically(output, json.dumps(report, indent=2) + "\n")
+    picture = output.with_suffix(".png")
+    plot(results, picture)
+    print(f"wrote {output} and {picture}")
+
+
+if __name__ == "__main__":
+    main()
