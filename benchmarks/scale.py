@@ -46,7 +46,7 @@ from pipeline.storage import write_text_atomically
 
 ROOT = Path(__file__).resolve().parent.parent
 # The `ray` command of the environment running this script.
-RAY_CLI = str(Path(sys.executable).parent / "ray")
+CLI = str(Path(sys.executable).parent / "ray")
 MIB = 2**20
 # What a synthetic sample decodes to: RGB image plus an 8-bit mask.
 DECODED_BYTES_PER_PIXEL = 4
@@ -119,7 +119,7 @@ def store_stats(gcs_address: str) -> StoreStats | None:
     """The object store's use and the bytes spilled so far, from `ray memory --stats-only`."""
     try:
         result = subprocess.run(
-            [RAY_CLI, "memory", "--stats-only", "--address", gcs_address],
+            [CLI, "memory", "--stats-only", "--address", gcs_address],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
@@ -136,8 +136,8 @@ def quiesce(gcs_address: str, timeout_s: float = 60.0) -> None:
     free and the object store empty again. An evaluation's actor pool and the model it put in
     the object store outlive `count_split_distributed` until the garbage collector frees its
     Dataset and Ray stops the actors and frees the model, seconds later; an ingest started
-    meanwhile ran short of object store, and its driver held 231 MiB of a 250 MiB set
-    (2026-12-07, 80 MiB store)."""
+    meanwhile ran short of object store, and its driver held 231 MiB of a 250 MiB set (80 MiB
+    store, benchmarks/RESULTS.md)."""
     import ray
 
     gc.collect()

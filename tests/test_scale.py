@@ -63,7 +63,7 @@ def test_training_ingest_streams_a_set_three_times_the_object_store(scale_rows):
 @pytest.mark.xfail(
     strict=True,
     reason="evaluation decodes to float32 in Ray Data tasks ahead of the actor pool: it spilled "
-    "241 MiB for a split of 156 MiB (2026-12-07); fixed when this passes",
+    "241 MiB for a split of 156 MiB (benchmarks/RESULTS.md); fixed when this passes",
 )
 def test_evaluation_streams_a_split_twice_the_object_store(scale_rows):
     val_images = TRAIN_IMAGES // 8
