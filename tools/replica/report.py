@@ -93,7 +93,7 @@ def up_report(replica: Replica, default_directory: bool) -> str:
             "\nExports:",
             export_lines(replica),
             f"\nThe bucket s3://{replica.bucket} lives in memory: it is gone after `down`.",
-            "Next, from the repository root (training takes about 3 minutes, evaluation about 80 s):",
+            "Next, from the repository root (training takes about 75 s, evaluation about 25 s):",
             *walkthrough(replica, default_directory),
             f"\nDashboard: {replica.dashboard_url} (it asks for a token: the contents of"
             f" {replica.token_path})",
