@@ -407,11 +407,10 @@ def run(args: argparse.Namespace) -> list[PhaseResult]:
             # workers are then in place, so each phase's growth is the data's, not start-up's.
             warm_up = argparse.Namespace(**{**vars(args), "epochs": 1, "materialize": False})
             ingest(sets[min(sets)], min(sets), warm_up, local.gcs_address)
+            phases = {"ingest": ingest, "evaluation": evaluation}
             for size, manifest in sets.items():
-                for result in (
-                    ingest(manifest, size, args, local.gcs_address),
-                    evaluation(manifest, size, args, local.gcs_address),
-                ):
+                for name in args.phases:
+                    result = phases[name](manifest, size, args, local.gcs_address)
                     print_row(result)
                     results.append(result)
     return results
@@ -480,6 +479,10 @@ def main() -> None:
     parser.add_argument("--pixels", type=int, default=256, help="synthetic image side")
     parser.add_argument("--epochs", type=int, default=2, help="ingest epochs per size")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--phases", nargs="+", choices=("ingest", "evaluation"), default=["ingest", "evaluation"],
+        help="what to measure on each prepared set",
+    )  # fmt: skip
     parser.add_argument("--eval-images", type=int, default=32, help="0: the whole val split")
     parser.add_argument(
         "--materialize", action="store_true", help="materialise each set first (must not scale)"
