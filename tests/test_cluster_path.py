@@ -204,6 +204,22 @@ def wait_for_epoch(cluster: LocalCluster, name: str, epoch: int, timeout_s: floa
     raise AssertionError(f"epoch {epoch} of {name} never reached MLflow")
 
 
+def wait_for_metric_value(
+    cluster: LocalCluster, name: str, key: str, value: float, timeout_s: float = 300
+) -> None:
+    """Wait until the MLflow run `name` on the replica holds `key` = `value` at some step."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            client, run = mlflow_run(cluster, name)
+            if any(m.value == value for m in client.get_metric_history(run.info.run_id, key)):
+                return
+        except AssertionError:  # the run is not there yet
+            pass
+        time.sleep(2)
+    raise AssertionError(f"{key}={value} never reached MLflow for {name}")
+
+
 def wait_for_registered_checkpoint(cluster: LocalCluster, name: str, timeout_s: float = 120) -> str:
     """The run's latest checkpoint in the bucket, as Ray's record names it, once there is one."""
     deadline = time.monotonic() + timeout_s
@@ -289,17 +305,19 @@ def wait_for_log(cluster: LocalCluster, job_id: str, text: str, timeout_s: float
     raise AssertionError(f"{text!r} never appeared in the logs of {job_id}:\n{logs[-6000:]}")
 
 
-# Long enough that the group grows back with epochs to spare (it grew at epoch 6 to 8 here).
-ELASTIC_EPOCHS = 10
+# Long enough that the group grows back with epochs to spare: the notice lands in epoch 3 to
+# 5, and Ray takes 20-40 s to grow the group after the join (steps of a group of one: 3 s).
+ELASTIC_EPOCHS = 14
 
 
 @pytest.fixture(scope="module")
 def elastic_run(local_cluster: LocalCluster, shards, tmp_path_factory) -> dict:
     """An elastic job, num_workers [1, 2] with one worker per worker node: the node of rank 1
-    is preempted with a 15 s notice (the workers checkpoint at the next step and shrink to 1
+    is preempted with a 20 s notice (the workers checkpoint at the next step and shrink to 1
     worker accumulating 2 micro-batches); a node joins, and the group grows back to 2 at its
-    next resize check; the run finishes. Steps take 0.5 s (a test hook), so that the notice
-    lands between two steps."""
+    next resize check once an epoch at 1 worker is in MLflow; the run finishes. Steps take
+    0.5 s, 3 s at 1 worker (a test hook), so that the notice lands between two steps and the
+    shrunk phase lasts a few epochs while Ray grows the group back."""
     home = tmp_path_factory.mktemp("elastic-home")
     hooks = {HOOKS_ENV: "helpers.faults.training:slow_steps", "PYTHONPATH": "tests"}
     submitted = submit_training(
@@ -319,9 +337,12 @@ def elastic_run(local_cluster: LocalCluster, shards, tmp_path_factory) -> dict:
     rank_one = placed.split("placed    2 workers on 2 nodes: ")[1].split(", ")[1].split(" ")[0]
     preempted = next(node for node in worker_nodes(local_cluster) if node.startswith(rank_one))
     index = labelled_worker_node(local_cluster, preempted)
-    preemption = local_cluster.tool("preempt-node", str(index), "--deadline-s", "15")
+    preemption = local_cluster.tool("preempt-node", str(index), "--deadline-s", "20")
     assert preemption.returncode == 0, preemption.stderr
     wait_for_log(local_cluster, "elastic", "shrinking to 1 workers")
+    # The node joins once an epoch of the shrunk group reached MLflow: a group that grows
+    # before it finishes an epoch logs none at 1 worker (the join can be seen within seconds).
+    wait_for_metric_value(local_cluster, "elastic", "workers", 1.0)
     added = local_cluster.tool("add-node")
     assert added.returncode == 0, added.stderr
     status = wait_for_job(local_cluster, "elastic")

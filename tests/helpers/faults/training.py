@@ -84,15 +84,21 @@ def two_worker_deaths() -> list[TrainingHook]:
 
 @dataclass(frozen=True)
 class SlowSteps(TrainingHook):
-    """Every step waits `seconds` first: a tiny model's steps take about as long as a real
-    one's, so that a cluster event reliably lands inside a run, between two steps."""
+    """Every step waits `seconds` first (`one_worker_seconds` in a group of one): a tiny
+    model's steps take about as long as a real one's, so that a cluster event reliably lands
+    inside a run, between two steps; and a group shrunk to one worker, which takes every
+    image of a step itself, is slower, as it would be."""
 
     seconds: float
+    one_worker_seconds: float | None = None
 
     def before_step(self, position: LoopPosition) -> None:
-        time.sleep(self.seconds)
+        alone = position.world_size == 1 and self.one_worker_seconds is not None
+        time.sleep(self.one_worker_seconds if alone else self.seconds)
 
 
 def slow_steps() -> tuple[TrainingHook, ...]:
-    """`APCNET_TRAINING_HOOKS=helpers.faults.training:slow_steps`: 0.5 s per step."""
-    return (SlowSteps(0.5),)
+    """`APCNET_TRAINING_HOOKS=helpers.faults.training:slow_steps`: 0.5 s per step, 3 s in a
+    group of one (the elastic run's shrunk phase then outlasts Ray's 20-40 s to grow back in
+    fewer epochs)."""
+    return (SlowSteps(0.5, one_worker_seconds=3.0),)
