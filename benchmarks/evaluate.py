@@ -76,11 +76,12 @@ def run(args: argparse.Namespace) -> list[ModeResult]:
                 started = time.perf_counter()
                 local = evaluate_locally(model, samples, options, manifest.num_classes)
                 local_seconds = time.perf_counter() - started
-                dataset = eval_dataset(manifest, "val", MEAN, STD)
+                dataset = eval_dataset(manifest, "val")
                 started = time.perf_counter()
                 distributed = count_split_distributed(
-                    model, dataset, options, manifest.num_classes, 255, pool, args.batch_size
-                )
+                    model, dataset, options, manifest.num_classes, 255, pool, args.batch_size,
+                    mean=MEAN, std=STD,
+                )  # fmt: skip
                 ray_seconds = time.perf_counter() - started
                 equal = np.array_equal(
                     local.intersection_union, distributed.intersection_union

@@ -336,6 +336,7 @@ def check_distributed(
                 class_names=metadata.class_names,
                 ignore_index=IGNORE_INDEX,
                 batch_size=2,
+                augmentation=config.data.augmentation,
                 features=features,
                 device=device,
                 world_size=world_size,
@@ -358,15 +359,13 @@ def check_distributed(
 
 
 def validation_batches(config: ExperimentConfig, args: argparse.Namespace) -> list[dict]:
-    """Two numpy batches as `eval_dataset` gives them (float32 (N, 3, H, W) normalised), the
+    """Two numpy batches as `eval_dataset` gives them (uint8 (N, H, W, 3) and (N, H, W)), the
     second at another height."""
     sizes = [(2, args.size, args.size), (1, args.size * 3 // 4, args.size)]
     batches = []
-    cpu, augmentation = torch.device("cpu"), config.data.augmentation
     for seed, (count, height, width) in enumerate(sizes, start=10):
         batch = random_batch(config, count, height, width, args.num_classes, seed)
-        images, _ = batch_to_device(batch, cpu, False, augmentation)
-        batches.append({"image": images.numpy(), "mask": batch["mask"].numpy()})
+        batches.append({"image": batch["image"].numpy(), "mask": batch["mask"].numpy()})
     return batches
 
 

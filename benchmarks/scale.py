@@ -7,8 +7,10 @@ For each size N (training images; the validation split is N / 8):
 - ingest: the training job's data path without the model (`pipeline.data.ingest.train_dataset`,
   the Dataset Ray Train re-executes every epoch, iterated with `iter_torch_batches` as a
   training worker does) over `--epochs` full epochs;
-- evaluation: `--eval-images` validation images through the evaluation's actor pool
-  (`pipeline.evaluate.counts.count_split_distributed`, resnet18 APCNet, whole-image mode).
+- evaluation: `--eval-images` images of `--eval-split` (validation by default) through the
+  evaluation's actor pool (`pipeline.data.ingest.eval_dataset` into
+  `pipeline.evaluate.counts.count_split_distributed`, whole-image mode; resnet18 APCNet, or
+  with `--eval-model linear` a 1x1 convolution, which leaves the data path's own cost).
 Each reports time to the first batch and steady-state images/s (after the first batch of each
 epoch) separately, the driver's and the largest Ray worker's unique memory (USS: resident
 pages no other process maps, so the object store's shared pages are not counted) above its
@@ -133,11 +135,9 @@ def store_stats(gcs_address: str) -> StoreStats | None:
 
 def quiesce(gcs_address: str, timeout_s: float = 60.0) -> None:
     """Wait until what an earlier phase left is gone: its Python objects collected, every CPU
-    free and the object store empty again. An evaluation's actor pool and the model it put in
-    the object store outlive `count_split_distributed` until the garbage collector frees its
-    Dataset and Ray stops the actors and frees the model, seconds later; an ingest started
-    meanwhile ran short of object store, and its driver held 231 MiB of a 250 MiB set (80 MiB
-    store, benchmarks/RESULTS.md)."""
+    free and the object store empty again. Ray stops an evaluation's actor pool and frees the
+    model it shipped asynchronously, a second or so after `count_split_distributed` returns;
+    a phase started meanwhile would measure a smaller store than it was given."""
     import ray
 
     gc.collect()
@@ -315,32 +315,45 @@ def ingest(manifest, size: int, args: argparse.Namespace, gcs_address: str) -> P
     )  # fmt: skip
 
 
-def evaluation(manifest, size: int, args: argparse.Namespace, gcs_address: str) -> PhaseResult:
-    """`args.eval_images` validation images (0: the whole split) through the evaluation's
-    actor pool (`args.materialize`: the split materialised first)."""
+def evaluation_model(name: str, num_classes: int):
+    """The model evaluation runs: "apcnet" (resnet18 APCNet, random weights: a real model's
+    cost) or "linear" (a 1x1 convolution from RGB to class scores: the data path's own cost,
+    with no network to wait for, so a test can push a split several times the object store
+    through the actor pool in seconds)."""
     import torch
 
     from apcnet import APCNet
+
+    torch.manual_seed(0)
+    if name == "linear":
+        return torch.nn.Conv2d(3, num_classes, kernel_size=1).eval()
+    return APCNet(num_classes, backbone="resnet18", channels=64).eval()
+
+
+def evaluation(manifest, size: int, args: argparse.Namespace, gcs_address: str) -> PhaseResult:
+    """`args.eval_images` images of `args.eval_split` (0: the whole split) through the
+    evaluation's actor pool (`args.materialize`: the split materialised first)."""
+    from pipeline.config.augmentation import IMAGENET_MEAN, IMAGENET_STD
     from pipeline.data.ingest import eval_dataset
     from pipeline.evaluate.actor_pool import plan_actor_pool
     from pipeline.evaluate.counts import count_split_distributed
     from pipeline.evaluate.testtime import TestTimeOptions
 
-    torch.manual_seed(0)
-    model = APCNet(manifest.num_classes, backbone="resnet18", channels=64).eval()
-    images = args.eval_images or manifest.splits["val"].rows
+    model = evaluation_model(args.eval_model, manifest.num_classes)
+    split_rows = manifest.splits[args.eval_split].rows
+    images = args.eval_images or split_rows
     pool = plan_actor_pool(2, 0.5)
 
     def evaluate(count: int) -> tuple[int, float]:
-        dataset = eval_dataset(manifest, "val")
-        if count < manifest.splits["val"].rows:
+        dataset = eval_dataset(manifest, args.eval_split)
+        if count < split_rows:
             dataset = dataset.limit(count)
         started = time.perf_counter()
         if args.materialize:
             dataset = dataset.materialize()
         counts = count_split_distributed(
             model, dataset, TestTimeOptions(), manifest.num_classes, manifest.ignore_index,
-            pool, batch_size=1, total_images=count,
+            pool, args.eval_batch_size, total_images=count, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         )  # fmt: skip
         return counts.num_images, time.perf_counter() - started
 
@@ -355,7 +368,10 @@ def evaluation(manifest, size: int, args: argparse.Namespace, gcs_address: str) 
     return PhaseResult(
         "evaluation", size, counted, seconds, fixed, 1 / per_image if per_image else None,
         peaks.driver_growth_mib, peaks.worker_growth_mib, peaks.object_store_peak_mib,
-        peaks.spilled_mib, {"first_batch_s is": "the fixed cost, from a run of a quarter"},
+        peaks.spilled_mib,
+        {"first_batch_s is": "the fixed cost, from a run of a quarter",
+         "split": args.eval_split, "model": args.eval_model,
+         "batch_size": args.eval_batch_size},
     )  # fmt: skip
 
 
@@ -483,7 +499,13 @@ def main() -> None:
         "--phases", nargs="+", choices=("ingest", "evaluation"), default=["ingest", "evaluation"],
         help="what to measure on each prepared set",
     )  # fmt: skip
-    parser.add_argument("--eval-images", type=int, default=32, help="0: the whole val split")
+    parser.add_argument("--eval-images", type=int, default=32, help="0: the whole split")
+    parser.add_argument("--eval-split", choices=("val", "train"), default="val")
+    parser.add_argument("--eval-batch-size", type=int, default=1, help="images per actor call")
+    parser.add_argument(
+        "--eval-model", choices=("apcnet", "linear"), default="apcnet",
+        help="apcnet: resnet18 APCNet; linear: a 1x1 convolution (the data path's own cost)",
+    )  # fmt: skip
     parser.add_argument(
         "--materialize", action="store_true", help="materialise each set first (must not scale)"
     )

@@ -86,7 +86,8 @@ def progress_over(
     bar = None
     try:
         for batch in batches:
-            bar = bar or tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True)
+            if bar is None:  # not `bar or ...`: an empty bar, or one of no total, is falsy
+                bar = tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True)
             yield batch
             bar.update(size(batch))
     finally:

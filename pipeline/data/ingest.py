@@ -27,7 +27,7 @@ Randomness, and the guarantee given:
   `shuffle="rows"` restores a full `random_shuffle` of the encoded rows: an all-to-all
   exchange whose memory grows with the data set.
 
-Evaluation data keeps every image at its original size; see `eval_dataset`.
+Evaluation data keeps every image at its original size, uint8 as well; see `eval_dataset`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ import ray.data
 import ray.train
 from ray.data import DataContext, ExecutionOptions, RandomSeedConfig
 
-from pipeline.config.augmentation import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.config.ingest import IngestOptions
 from pipeline.config.schema import DataSection
 from pipeline.data.shard_source import completed_passes, read_shards
@@ -54,7 +53,6 @@ from pipeline.data.transforms import (
     augment_sample,
     decode_image,
     decode_mask,
-    normalize,
 )
 
 # The names of the data sets a training run streams (`training_datasets`).
@@ -209,28 +207,18 @@ def _map_encoded_rows(
     )
 
 
-@dataclass(frozen=True)
-class _NormalizeBatch:
-    """map_batches callable for evaluation: decode, normalise, keep the original size."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    keep_uint8: bool
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        ids, images, masks, originals = [], [], [], []
-        for index in range(len(batch["id"])):
-            image, mask = _decode_pair(batch, index)
-            ids.append(str(batch["id"][index]))
-            images.append(normalize(image, self.mean, self.std))
-            masks.append(mask.astype(np.int64))
-            originals.append(image)
-        columns: dict[str, Any] = {"id": np.array(ids, dtype=object)}
-        columns["image"] = _ragged(images)
-        columns["mask"] = _ragged(masks)
-        if self.keep_uint8:
-            columns["image_uint8"] = _ragged(originals)
-        return columns
+def _decode_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """map_batches callable for evaluation: decode, keep the original size and the uint8 bytes."""
+    images, masks = [], []
+    for index in range(len(batch["id"])):
+        image, mask = _decode_pair(batch, index)
+        images.append(image)
+        masks.append(mask)
+    return {
+        "id": np.array([str(sample_id) for sample_id in batch["id"]], dtype=object),
+        "image": _ragged(images),
+        "mask": _ragged(masks),
+    }
 
 
 def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
@@ -242,25 +230,20 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def eval_dataset(
-    manifest: Manifest,
-    split: str,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    *,
-    keep_uint8: bool = False,
-    ingest: IngestOptions | None = None,
+    manifest: Manifest, split: str, *, ingest: IngestOptions | None = None
 ) -> ray.data.Dataset:
     """Every sample of a split at its original size, in shard order, each exactly once.
 
-    Columns: `id` str, `image` float32 (3, h, w) normalised, `mask` int64 (h, w) (labels
-    never resized), and with keep_uint8 also `image_uint8` uint8 (h, w, 3) for drawing.
+    Columns: `id` str, `image` uint8 (h, w, 3) RGB, `mask` uint8 (h, w) (labels never
+    resized). Like training ingest, the rows stay uint8, a fifth of the bytes of a float32
+    image and int64 mask, so a split streams through the object store at that size; each
+    consumer normalises where it computes (`pipeline.data.transforms.normalize` in the
+    evaluation actors, `pipeline.train.step.batch_to_device` in training's validation).
     Sizes differ between rows, so Ray Data stores image/mask as variable-shaped tensors:
     iterate with `iter_batches(batch_size=1, batch_format="numpy")` and take `batch["image"][0]`
     (with larger batches `batch["image"]` is an object array of per-row arrays).
     """
     ingest = ingest or IngestOptions()
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"eval_dataset: mean and std need 3 RGB values, got {mean}, {std}")
     dataset = read_shards(
         manifest,
         split,
@@ -268,7 +251,7 @@ def eval_dataset(
         rows_per_block=ingest.rows_per_read_block(ingest.batch_size),
     )
     return dataset.map_batches(
-        _NormalizeBatch(tuple(mean), tuple(std), keep_uint8),
+        _decode_rows,
         batch_size=ingest.batch_size,
         batch_format="numpy",
         num_cpus=ingest.num_cpus,
@@ -292,9 +275,7 @@ def training_datasets(
             first_epoch=first_epoch,
             ingest=data.ingest,
         ),
-        VAL_DATASET: eval_dataset(
-            manifest, data.val_split, augmentation.mean, augmentation.std, ingest=data.ingest
-        ),
+        VAL_DATASET: eval_dataset(manifest, data.val_split, ingest=data.ingest),
     }
 
 

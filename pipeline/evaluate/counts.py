@@ -7,9 +7,10 @@ the driver; `evaluate_locally` is the plain single-process loop used as its refe
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,7 @@ from apcnet.metrics import (
     intersection_union_from_confusion,
     scores_from_counts,
 )
+from pipeline.data.transforms import normalize
 from pipeline.evaluate.actor_pool import ActorPoolPlan, prepare_actor_model
 from pipeline.evaluate.testtime import TestTimeOptions, predict_label_map
 
@@ -116,28 +118,35 @@ def evaluate_locally(
 class SplitCounter:
     """Ray Data actor: one model per actor; a batch of samples in, per-image count rows out.
 
-    Input batch columns: id, image (float32 (3, H, W) each), mask (int64 (H, W) each).
-    Output columns: id, counts int64 (B, 3, C), confusion int64 (B, C, C), worker (this
-    actor's process). Images are never sent back: only counts travel to the driver.
+    Input batch columns (as `pipeline.data.ingest.eval_dataset` gives them): id, image (uint8
+    (H, W, 3) each), mask (uint8 (H, W) each). The images are normalised here with
+    `normalize`, the function `evaluate_locally`'s samples went through, so both count the
+    same pixels the same way. Output columns: id, counts int64 (B, 3, C), confusion int64
+    (B, C, C), worker (this actor's process). Images are never sent back: only counts travel
+    to the driver.
     """
 
     def __init__(
         self,
         model: nn.Module | object,
         options: TestTimeOptions,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
         num_classes: int,
         ignore_index: int,
         torch_threads: int,
     ) -> None:
         self.model = prepare_actor_model(model, torch_threads)
         self.options = options
+        self.mean, self.std = mean, std
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         all_counts, all_confusions = [], []
-        for image, mask in zip(batch["image"], batch["mask"], strict=True):
+        for pixels, mask in zip(batch["image"], batch["mask"], strict=True):
+            image = normalize(np.asarray(pixels), self.mean, self.std)
             prediction = predict_label_map(self.model, image, self.options)
             counts, confusion = image_counts(prediction, mask, self.num_classes, self.ignore_index)
             all_counts.append(counts)
@@ -159,10 +168,15 @@ def count_split_distributed(
     pool: ActorPoolPlan,
     batch_size: int = 1,
     total_images: int | None = None,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> SplitCounts:
-    """Counts over a Ray Dataset of samples (columns id, image, mask), computed on an actor
-    pool of `pool.actors` model actors and summed on the driver, with a progress bar over
-    the images (of `total_images`, when known) on the driver's console."""
+    """Counts over a Ray Dataset of samples (columns id, image uint8 (H, W, 3), mask uint8
+    (H, W): `pipeline.data.ingest.eval_dataset`), each image normalised with the model's
+    `mean` / `std`, computed on an actor pool of `pool.actors` model actors and summed on the
+    driver, with a progress bar over the images (of `total_images`, when known) on the
+    driver's console."""
     import ray
 
     from pipeline.console.progress import progress_over
@@ -177,6 +191,8 @@ def count_split_distributed(
         fn_constructor_kwargs={
             "model": model_ref,
             "options": options,
+            "mean": tuple(mean),
+            "std": tuple(std),
             "num_classes": num_classes,
             "ignore_index": ignore_index,
             "torch_threads": pool.torch_threads,
@@ -195,12 +211,20 @@ def count_split_distributed(
     totals = SplitCounts.empty(num_classes)
     # Blocks as the actors finish them (`batch_size=None`), so the bar moves with each one.
     batches = counted.iter_batches(batch_format="numpy", batch_size=None)
-    for batch in progress_over(batches, total_images, "evaluating", "img", _rows):
-        for image_id, counts, confusion in zip(
-            batch["id"], batch["counts"], batch["confusion"], strict=True
-        ):
-            totals.add(str(image_id), counts, confusion)
-        totals.workers.update(str(worker) for worker in batch["worker"])
+    try:
+        for batch in progress_over(batches, total_images, "evaluating", "img", _rows):
+            for image_id, counts, confusion in zip(
+                batch["id"], batch["counts"], batch["confusion"], strict=True
+            ):
+                totals.add(str(image_id), counts, confusion)
+            totals.workers.update(str(worker) for worker in batch["worker"])
+    finally:
+        # Ray stops the pool's actors when the iteration ends, but the Datasets reach the
+        # model's object-store copy through reference cycles, which only the garbage collector
+        # breaks, seconds later: a data set streamed meanwhile would find the store that much
+        # smaller (seen: an ingest on an 80 MiB store then held most of its set in the driver).
+        del batches, counted, samples, model_ref
+        gc.collect()
     return totals
 
 

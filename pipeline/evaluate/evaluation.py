@@ -202,7 +202,7 @@ def evaluate(request: EvaluationRequest) -> EvaluationReport:
     pool = plan_actor_pool(request.actors, request.cpus_per_actor)
     from pipeline.data.ingest import eval_dataset
 
-    dataset = eval_dataset(manifest, request.split, inference.mean, inference.std)
+    dataset = eval_dataset(manifest, request.split)
     tracker = _open_tracker(request, inference, manifest) if request.track else None
     try:
         counts = count_split_distributed(
@@ -214,6 +214,8 @@ def evaluate(request: EvaluationRequest) -> EvaluationReport:
             pool,
             request.batch_size,
             total_images=manifest.splits[request.split].rows,
+            mean=inference.mean,
+            std=inference.std,
         )
         scores = counts.scores()
         metrics = evaluation_metrics(request.split, manifest.class_names, scores)

@@ -14,7 +14,9 @@ import torch.distributed as dist
 from torch import nn
 
 from apcnet.metrics import MeanIoU
+from pipeline.config.augmentation import AugmentationConfig
 from pipeline.train.device import DeviceFeatures, autocast
+from pipeline.train.step import batch_to_device
 
 
 @torch.no_grad()
@@ -25,6 +27,7 @@ def validate(
     class_names: tuple[str, ...],
     ignore_index: int,
     batch_size: int,
+    augmentation: AugmentationConfig,
     features: DeviceFeatures,
     device: torch.device,
     world_size: int,
@@ -32,19 +35,20 @@ def validate(
     """val_miou, val_pixel_accuracy and val_iou/<class> over the whole val split.
 
     `model` is the bare model (not the DDP wrapper): validation needs no gradient sync, and
-    every worker calls this at the same epoch, so the final all-reduce lines up.
+    every worker calls this at the same epoch, so the final all-reduce lines up. The val rows
+    come uint8 (`pipeline.data.ingest.eval_dataset`) and are normalised on `device` with
+    `augmentation.mean` / `std`, as training batches are (`batch_to_device`).
     """
     model.eval()
     metric = MeanIoU(len(class_names), ignore_index)
     # Val images keep their own sizes; rows of one batch are stacked only when they match.
     for batch in val_shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        for images, masks in same_size_groups(batch["image"], batch["mask"]):
-            images = images.to(device)
-            if features.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+        for pixels, labels in same_size_groups(batch["image"], batch["mask"]):
+            group = {"image": pixels, "mask": labels}
+            images, masks = batch_to_device(group, device, features.channels_last, augmentation)
             with autocast(features, device):
                 logits = model(images)["out"]
-            metric.update(logits.argmax(dim=1), masks.to(device))
+            metric.update(logits.argmax(dim=1), masks)
     counts = metric.counts().to(device)
     if world_size > 1:
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
@@ -57,7 +61,8 @@ def validate(
 
 def same_size_groups(images: Any, masks: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Split a numpy batch (stacked, or object arrays of per-row arrays) into tensor groups
-    of equal size: images (n, 3, h, w) float32, masks (n, h, w) int64."""
+    of equal size: images (n, h, w, 3) and masks (n, h, w) as they came (uint8 from
+    `eval_dataset`)."""
     rows = [
         (np.asarray(image), np.asarray(mask)) for image, mask in zip(images, masks, strict=True)
     ]
@@ -69,7 +74,7 @@ def same_size_groups(images: Any, masks: Any) -> list[tuple[torch.Tensor, torch.
             groups.append(
                 (
                     torch.from_numpy(np.stack([image for image, _ in group])),
-                    torch.from_numpy(np.stack([mask for _, mask in group]).astype(np.int64)),
+                    torch.from_numpy(np.stack([mask for _, mask in group])),
                 )
             )
             start = end

@@ -376,6 +376,7 @@ def validate_on_worker(
         class_names=settings.metadata.class_names,
         ignore_index=settings.metadata.ignore_index,
         batch_size=settings.config.evaluation.batch_size,
+        augmentation=settings.config.data.augmentation,
         features=worker.features,
         device=worker.device,
         world_size=worker.world_size,
