@@ -1,12 +1,14 @@
-"""Cost as the data grows: time and memory of preparing shards, training ingest and evaluation
-for growing synthetic sets, on local disk, with Ray's object store capped.
+"""Cost as the data grows: time and memory of preparing shards, training ingest, training and
+evaluation for growing synthetic sets, on local disk, with Ray's object store capped.
 
-For each size N (training images; the validation split is N / 8):
+For each size N (training images; the validation split is `--val-images` at every size):
 - prepare: `jobs/prepare_data.py --format synthetic` as a user runs it (a subprocess):
   seconds, images/s, the peak resident memory of its processes;
 - ingest: the training job's data path without the model (`pipeline.data.ingest.train_dataset`,
   the Dataset Ray Train re-executes every epoch, iterated with `iter_torch_batches` as a
   training worker does) over `--epochs` full epochs;
+- training: `--train-steps` steps of `jobs/train.py` (the embedded default's model and
+  workers) on the set, joined to the benchmark's Ray instance;
 - evaluation: `--eval-images` images of `--eval-split` (validation by default) through the
   evaluation's actor pool (`pipeline.data.ingest.eval_dataset` into
   `pipeline.evaluate.counts.count_split_distributed`, whole-image mode; resnet18 APCNet, or
@@ -14,10 +16,9 @@ For each size N (training images; the validation split is N / 8):
 Each reports time to the first batch and steady-state images/s (after the first batch of each
 epoch) separately, the driver's and the largest Ray worker's unique memory (USS: resident
 pages no other process maps, so the object store's shared pages are not counted) above its
-baseline (the driver's before the phase; a worker's when it first appears), and the object
-store's peak use and the bytes spilled to disk during the phase, from `ray memory
---stats-only` every 5 s (its own process, about a second of CPU each time: the same small tax
-on every size). Ray runs in this process (`ray.init(address="local")`) with its object store
+baseline after imports (`MemorySampler`), the object store's peak use (`ray.available_resources`,
+every second) and the bytes spilled to disk during the phase (`ray memory --stats-only` at its
+start and end). Ray runs in this process (`ray.init(address="local")`) with its object store
 capped (`--object-store-mib`), so that the largest set's decoded images are several times it.
 
 Prints a table, writes JSON and a log-log PNG (seconds and memory against images).
@@ -36,8 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import argparse
 import gc
 import json
+import math
 import os
 import re
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -111,14 +114,20 @@ def ray_worker_pids() -> list[int]:
     return pids
 
 
-@dataclass(frozen=True)
-class StoreStats:
-    used_mib: float  # in the object store now
-    spilled_mib: float  # spilled to disk since Ray started
+def object_store_used_mib() -> float:
+    """The object store's use now: its capacity less what `ray.available_resources()` reports
+    free (from the raylets' periodic resource reports: a cheap call in this process)."""
+    import ray
+
+    capacity = ray.cluster_resources().get("object_store_memory", 0.0)
+    free = ray.available_resources().get("object_store_memory", 0.0)
+    return max(0.0, capacity - free) / MIB
 
 
-def store_stats(gcs_address: str) -> StoreStats | None:
-    """The object store's use and the bytes spilled so far, from `ray memory --stats-only`."""
+def spilled_mib(gcs_address: str) -> float | None:
+    """MiB spilled to disk since Ray started, from `ray memory --stats-only`: a process of its
+    own costing about 2 s of CPU (a fifth of this machine's when run every 5 s), so it is read
+    at a phase's start and end only."""
     try:
         result = subprocess.run(
             [CLI, "memory", "--stats-only", "--address", gcs_address],
@@ -126,14 +135,13 @@ def store_stats(gcs_address: str) -> StoreStats | None:
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         return None
-    used = re.search(r"Plasma memory usage (\d+) MiB", result.stdout)
-    spilled = re.search(r"Spilled (\d+) MiB", result.stdout)
-    if used is None:
+    if "Plasma memory usage" not in result.stdout:
         return None
-    return StoreStats(float(used.group(1)), float(spilled.group(1)) if spilled else 0.0)
+    spilled = re.search(r"Spilled (\d+) MiB", result.stdout)
+    return float(spilled.group(1)) if spilled else 0.0
 
 
-def quiesce(gcs_address: str, timeout_s: float = 60.0) -> None:
+def quiesce(timeout_s: float = 60.0) -> None:
     """Wait until what an earlier phase left is gone: its Python objects collected, every CPU
     free and the object store empty again. Ray stops an evaluation's actor pool and frees the
     model it shipped asynchronously, a second or so after `count_split_distributed` returns;
@@ -145,10 +153,9 @@ def quiesce(gcs_address: str, timeout_s: float = 60.0) -> None:
     total = ray.cluster_resources().get("CPU", 0.0)
     while time.monotonic() < deadline:
         cpus_free = ray.available_resources().get("CPU", 0.0) >= total
-        stats = store_stats(gcs_address)
-        if cpus_free and stats is not None and stats.used_mib < 1:
+        if cpus_free and object_store_used_mib() < 1:
             return
-        time.sleep(1.0)
+        time.sleep(0.5)
 
 
 @dataclass
@@ -160,46 +167,53 @@ class MemoryPeaks:
 
 
 class MemorySampler:
-    """While open: this process's USS and every Ray worker's (the descendants of this process,
-    which started Ray), every `interval_s`; the object store's use and spilled bytes every
-    `store_interval_s` (`ray memory` is a process of its own: about a second of CPU each).
-    Keeps each process's growth above its first sample, the peaks and the bytes spilled."""
+    """While open: this process's USS, every Ray worker's (the descendants of this process,
+    which started Ray) and the object store's use, every `interval_s`; the bytes spilled
+    between opening and closing. Keeps each process's growth above its baseline: the driver's
+    and each worker's USS at opening (workers imported what the phase runs in an earlier
+    pass); a worker that starts during the phase is measured against the median of those
+    workers' baselines, so its own imports are not counted as the data's (Ray replaces idle
+    workers, more often on longer runs)."""
 
-    def __init__(
-        self, gcs_address: str, interval_s: float = 1.0, store_interval_s: float = 5.0
-    ) -> None:
+    def __init__(self, gcs_address: str, interval_s: float = 1.0) -> None:
         self.gcs_address = gcs_address
         self.interval_s = interval_s
-        self.store_every = max(1, round(store_interval_s / interval_s))
         self.peaks = MemoryPeaks()
         self._baselines: dict[int, float] = {}
-        self._spilled_at_start = 0.0
+        self._new_worker_baseline: float | None = None
+        self._spilled_at_start: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> MemorySampler:
-        quiesce(self.gcs_address)
+        quiesce()
         self._driver_baseline = unique_memory_mib(os.getpid()) or 0.0
         for pid in ray_worker_pids():
             if (usage := unique_memory_mib(pid)) is not None:
                 self._baselines[pid] = usage
-        start = store_stats(self.gcs_address)
-        self._spilled_at_start = start.spilled_mib if start else 0.0
+        if self._baselines:
+            self._new_worker_baseline = statistics.median(self._baselines.values())
+        self._spilled_at_start = spilled_mib(self.gcs_address)
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join()
-        self._sample(with_store=True)
+        self._sample()
+        spilled_at_end = spilled_mib(self.gcs_address)
+        if spilled_at_end is not None and self._spilled_at_start is not None:
+            self.peaks.spilled_mib = spilled_at_end - self._spilled_at_start
+
+    def driver_growth_now(self) -> float:
+        """This process's USS now above its baseline, in MiB."""
+        return (unique_memory_mib(os.getpid()) or 0.0) - self._driver_baseline
 
     def _run(self) -> None:
-        rounds = 0
         while not self._stop.wait(self.interval_s):
-            rounds += 1
-            self._sample(with_store=rounds % self.store_every == 0)
+            self._sample()
 
-    def _sample(self, with_store: bool) -> None:
+    def _sample(self) -> None:
         peaks = self.peaks
         driver = unique_memory_mib(os.getpid())
         if driver is not None:
@@ -208,11 +222,9 @@ class MemorySampler:
             usage = unique_memory_mib(pid)
             if usage is None:
                 continue
-            baseline = self._baselines.setdefault(pid, usage)
+            baseline = self._baselines.setdefault(pid, self._new_worker_baseline or usage)
             peaks.worker_growth_mib = max(peaks.worker_growth_mib, usage - baseline)
-        if with_store and (stats := store_stats(self.gcs_address)) is not None:
-            peaks.object_store_peak_mib = max(peaks.object_store_peak_mib, stats.used_mib)
-            peaks.spilled_mib = stats.spilled_mib - self._spilled_at_start
+        peaks.object_store_peak_mib = max(peaks.object_store_peak_mib, object_store_used_mib())
 
 
 @dataclass
@@ -260,16 +272,17 @@ class BatchClock:
         return images / seconds if seconds else None
 
 
-def prepare(size: int, pixels: int, output: Path) -> PhaseResult:
-    """`jobs/prepare_data.py` for `size` training images; its peak resident memory sampled."""
+def prepare(size: int, pixels: int, val_images: int, output: str) -> PhaseResult:
+    """`jobs/prepare_data.py` for `size` training and `val_images` validation images; its peak
+    resident memory sampled."""
     command = [
         sys.executable,
         str(ROOT / "jobs" / "prepare_data.py"),
         "--format", "synthetic",
         "--num-train", str(size),
-        "--num-val", str(max(1, size // 8)),
+        "--num-val", str(val_images),
         "--size", str(pixels),
-        "--output", str(output),
+        "--output", output, "--overwrite",
         "--no-progress",
     ]  # fmt: skip
     started = time.perf_counter()
@@ -282,7 +295,7 @@ def prepare(size: int, pixels: int, output: Path) -> PhaseResult:
     seconds = time.perf_counter() - started
     if process.returncode != 0:
         raise SystemExit(f"prepare_data.py failed for {size} images (exit {process.returncode})")
-    images = size + max(1, size // 8)
+    images = size + val_images
     return PhaseResult(
         "prepare", size, images, seconds, None, images / seconds, peak, 0.0, 0.0, 0.0,
         {"driver_growth_mib is": "the peak RSS of the job's processes"},
@@ -290,28 +303,37 @@ def prepare(size: int, pixels: int, output: Path) -> PhaseResult:
 
 
 def ingest(manifest, size: int, args: argparse.Namespace, gcs_address: str) -> PhaseResult:
-    """The training data path over `args.epochs` full epochs, consumed like a training worker
-    (`args.materialize`: the whole set materialised first, the variant that must not scale)."""
+    """The training data path over full epochs, consumed like a training worker (its batch
+    prefetch included): `args.epochs`, or more until at least `args.min_images` images, so
+    that a small set's rate is not one burst of a few seconds (`args.materialize`: the whole
+    set materialised first, the variant that must not scale). Records the driver's USS growth
+    after each epoch, which shows whether anything accumulates from one epoch to the next."""
+    from pipeline.config.ingest import IngestOptions
     from pipeline.data.ingest import train_dataset
     from pipeline.data.transforms import AugmentationConfig
 
     crop = (args.pixels, args.pixels)
     dataset = train_dataset(manifest, "train", AugmentationConfig(crop_size=crop), seed=0)
+    epochs = max(args.epochs, math.ceil(args.min_images / size))
+    prefetch = IngestOptions().prefetch_batches
     clock = BatchClock()
     started = time.perf_counter()
-    images = 0
+    images, driver_after_epoch = 0, []
     with MemorySampler(gcs_address) as sampler:
         if args.materialize:
             dataset = dataset.materialize()
-        for _ in range(args.epochs):
-            batches = dataset.iter_torch_batches(batch_size=args.batch_size, drop_last=True)
+        for _ in range(epochs):
+            batches = dataset.iter_torch_batches(
+                batch_size=args.batch_size, drop_last=True, prefetch_batches=prefetch
+            )
             images += clock.epoch(batches, lambda batch: len(batch["image"]))
+            driver_after_epoch.append(round(sampler.driver_growth_now(), 1))
     seconds = time.perf_counter() - started
     peaks = sampler.peaks
     return PhaseResult(
         "ingest", size, images, seconds, clock.first_batch_s, clock.steady_images_per_s,
         peaks.driver_growth_mib, peaks.worker_growth_mib, peaks.object_store_peak_mib,
-        peaks.spilled_mib, {"epochs": args.epochs},
+        peaks.spilled_mib, {"epochs": epochs, "driver_growth_mib_after_each_epoch": driver_after_epoch},
     )  # fmt: skip
 
 
@@ -375,6 +397,68 @@ def evaluation(manifest, size: int, args: argparse.Namespace, gcs_address: str) 
     )  # fmt: skip
 
 
+def run_training_job(
+    manifest, size: int, args: argparse.Namespace, gcs_address: str, work: Path
+) -> tuple[str, float, float, MemoryPeaks]:
+    """`jobs/train.py` for `args.train_steps` steps on the set, its runs and MLflow store in
+    `work`, joined to this Ray instance; its run name, seconds, peak USS and Ray's peaks."""
+    run_name = f"scale-{size}"
+    settings = [
+        f"data.path={manifest.root}", "data.augmentation.crop_size=[128,128]",
+        "optimization.epochs=null", f"optimization.iterations={args.train_steps}",
+        f"checkpointing.storage_path={work / 'runs'}",
+        f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}",
+    ]  # fmt: skip
+    command = [sys.executable, str(ROOT / "jobs" / "train.py"), "--name", run_name]
+    for setting in settings:
+        command += ["--set", setting]
+    environment = {**os.environ, "RAY_ADDRESS": gcs_address}
+    driver_peak = 0.0
+    log = work / "train.log"
+    started = time.perf_counter()
+    with MemorySampler(gcs_address) as sampler, open(log, "w") as output:
+        job = subprocess.Popen(command, env=environment, stdout=output, stderr=output)
+        while job.poll() is None:
+            driver_peak = max(driver_peak, unique_memory_mib(job.pid) or 0.0)
+            time.sleep(0.5)
+    seconds = time.perf_counter() - started
+    if job.returncode != 0:
+        raise SystemExit(
+            f"jobs/train.py failed on the {size}-image set (exit {job.returncode}):\n"
+            f"{log.read_text()[-3000:]}"
+        )
+    return run_name, seconds, driver_peak, sampler.peaks
+
+
+def training(manifest, size: int, args: argparse.Namespace, gcs_address: str) -> PhaseResult:
+    """`args.train_steps` optimisation steps of the training job as a user runs it
+    (`jobs/train.py`: the embedded default's resnet18 APCNet and 2 workers, 128 px crops), on
+    the set, joined to this Ray instance (RAY_ADDRESS). Reported: the job's seconds (closing
+    validation of the val split included), its time to the first step (from the job's start:
+    the start-up that could grow with the set), the steady images/s after the first step,
+    the job process's peak USS as the driver's, and the training workers' growth."""
+    from pipeline.train.epoch_logging import GLOBAL_BATCH_KEY
+    from pipeline.train.run_folder import latest_checkpoint
+    from pipeline.train.startup import MARK_PREFIX, TIME_TO_FIRST_STEP
+    from pipeline.train.state import read_progress
+
+    with tempfile.TemporaryDirectory(prefix="apcnet-bench-scale-training-") as folder:
+        work = Path(folder)
+        job, seconds, driver_peak, peaks = run_training_job(manifest, size, args, gcs_address, work)
+        epoch = read_progress(latest_checkpoint(job, str(work / "runs"))).history[0]
+    steps, batch = int(epoch["global_iteration"]), int(epoch[GLOBAL_BATCH_KEY])
+    # The epoch's clock starts once the model is ready; the steps after the first are steady.
+    marks = {name: epoch[f"{MARK_PREFIX}{name}_unix_s"] for name in ("model_ready", "first_step")}
+    to_first_step = marks["first_step"] - marks["model_ready"]
+    steady = (steps - 1) * batch / (epoch["epoch_time_s"] - to_first_step)
+    return PhaseResult(
+        "training", size, steps * batch, seconds, epoch[TIME_TO_FIRST_STEP], steady, driver_peak,
+        peaks.worker_growth_mib, peaks.object_store_peak_mib, peaks.spilled_mib,
+        {"steps": args.train_steps, "driver_growth_mib is": "the job process's peak USS",
+         "first_batch_s is": "time_to_first_step_s, from the job's start"},
+    )  # fmt: skip
+
+
 class LocalRay:
     """A Ray instance of this process's own (`ray.init(address="local")`), its object store
     capped at `object_store_mib`; shut down on exit."""
@@ -414,24 +498,33 @@ def run(args: argparse.Namespace) -> list[PhaseResult]:
         work = Path(folder)
         sets = {}
         for size in args.sizes:
-            result = prepare(size, args.pixels, work / f"set-{size}")
+            location = (
+                f"{args.root.rstrip('/')}/set-{size}" if args.root else str(work / f"set-{size}")
+            )
+            result = prepare(size, args.pixels, args.val_images, location)
             print_row(result)
             results.append(result)
-            sets[size] = load_manifest(work / f"set-{size}")
+            sets[size] = load_manifest(location)
         with LocalRay(args.cpus, args.object_store_mib) as local:
             # One unrecorded epoch of the smallest set first: the driver's imports and Ray Data's
             # workers are then in place, so each phase's growth is the data's, not start-up's.
-            warm_up = argparse.Namespace(**{**vars(args), "epochs": 1, "materialize": False})
+            warm_up = argparse.Namespace(
+                **{**vars(args), "epochs": 1, "min_images": 0, "materialize": False}
+            )
             ingest(sets[min(sets)], min(sets), warm_up, local.gcs_address)
-            phases = {"ingest": ingest, "evaluation": evaluation}
-            for size, manifest in sets.items():
-                for name in args.phases:
-                    result = phases[name](manifest, size, args, local.gcs_address)
+            # Phase by phase, each over every size: an ingest measured right after an evaluation
+            # in this process saw the driver's USS jump by up to 220 MiB (evaluation's torch
+            # and model pages), which no ingest of its own caused.
+            for name in args.phases:
+                for size, manifest in sets.items():
+                    result = PHASES[name](manifest, size, args, local.gcs_address)
                     print_row(result)
                     results.append(result)
     return results
 
 
+# What runs on each prepared set, in this order (`--phases` picks).
+PHASES = {"ingest": ingest, "training": training, "evaluation": evaluation}
 HEADER = (
     f"{'phase':<10} {'size':>6} {'images':>6} {'seconds':>8} {'first batch s':>13} "
     f"{'steady img/s':>12} {'driver +MiB':>11} {'worker +MiB':>11} {'store peak MiB':>14} "
@@ -493,12 +586,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="500 and 4000 images of 128 px")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
     parser.add_argument("--pixels", type=int, default=256, help="synthetic image side")
-    parser.add_argument("--epochs", type=int, default=2, help="ingest epochs per size")
+    parser.add_argument("--epochs", type=int, default=2, help="ingest epochs per size, at least")
+    parser.add_argument(
+        "--min-images", type=int, default=8000, help="ingest: more epochs until this many",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
-        "--phases", nargs="+", choices=("ingest", "evaluation"), default=["ingest", "evaluation"],
+        "--phases", nargs="+", choices=PHASES, default=list(PHASES),
         help="what to measure on each prepared set",
     )  # fmt: skip
+    parser.add_argument(
+        "--val-images", type=int, default=125,
+        help="the val split, the same at every size: the training job validates it all",
+    )  # fmt: skip
+    parser.add_argument("--train-steps", type=int, default=10, help="training phase's steps")
     parser.add_argument("--eval-images", type=int, default=32, help="0: the whole split")
     parser.add_argument("--eval-split", choices=("val", "train"), default="val")
     parser.add_argument("--eval-batch-size", type=int, default=1, help="images per actor call")
@@ -509,12 +610,15 @@ def main() -> None:
     parser.add_argument(
         "--materialize", action="store_true", help="materialise each set first (must not scale)"
     )
+    parser.add_argument(
+        "--root", help="where to prepare the sets (s3:// too; replaced if there): a temp folder",
+    )  # fmt: skip
     parser.add_argument("--object-store-mib", type=int, default=512)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "out" / "scale.json"))
     args = parser.parse_args()
     if args.quick:
-        args.sizes, args.pixels, args.eval_images = [500, 4000], 128, 8
+        args.sizes, args.pixels, args.eval_images, args.train_steps = [500, 4000], 128, 8, 5
         args.object_store_mib = min(args.object_store_mib, 80)
     largest = max(args.sizes) * args.pixels**2 * DECODED_BYTES_PER_PIXEL / MIB
     print(
