@@ -23,8 +23,8 @@ capped (`--object-store-mib`), so that the largest set's decoded images are seve
 
 Prints a table, writes JSON and a log-log PNG (seconds and memory against images).
 
-    python benchmarks/scale.py            # 1k, 4k, 16k images of 256 px (about 9 min here)
-    python benchmarks/scale.py --quick    # 500 and 4000 images of 128 px (about 2 min)
+    python benchmarks/scale.py            # 1k, 4k, 16k images of 256 px (about 12 min here)
+    python benchmarks/scale.py --quick    # 500 and 4000 images of 128 px (about 4 min)
 """
 
 from __future__ import annotations
@@ -337,6 +337,18 @@ def ingest(manifest, size: int, args: argparse.Namespace, gcs_address: str) -> P
     )  # fmt: skip
 
 
+def warm_up(manifest, args: argparse.Namespace) -> None:
+    """One unmeasured epoch of the training data path, so that imports and Ray Data's workers
+    are in place before anything is measured."""
+    from pipeline.data.ingest import train_dataset
+    from pipeline.data.transforms import AugmentationConfig
+
+    crop = (args.pixels, args.pixels)
+    dataset = train_dataset(manifest, "train", AugmentationConfig(crop_size=crop), seed=0)
+    for _ in dataset.iter_torch_batches(batch_size=args.batch_size, drop_last=True):
+        pass
+
+
 def evaluation_model(name: str, num_classes: int):
     """The model evaluation runs: "apcnet" (resnet18 APCNet, random weights: a real model's
     cost) or "linear" (a 1x1 convolution from RGB to class scores: the data path's own cost,
@@ -380,12 +392,13 @@ def evaluation(manifest, size: int, args: argparse.Namespace, gcs_address: str) 
         return counts.num_images, time.perf_counter() - started
 
     # Two runs, a quarter of the images and all of them: the time per image is the slope, the
-    # fixed cost (actor pool start, model shipped, first batch) the intercept.
+    # fixed cost (actor pool start, model shipped, first batch) the intercept. With
+    # --eval-once only the second, whose rate then includes the fixed cost.
     with MemorySampler(gcs_address) as sampler:
-        few, few_seconds = evaluate(max(1, images // 4))
+        few, few_seconds = (0, 0.0) if args.eval_once else evaluate(max(1, images // 4))
         counted, seconds = evaluate(images)
     per_image = (seconds - few_seconds) / (counted - few) if counted > few else None
-    fixed = seconds - per_image * counted if per_image else None
+    fixed = seconds - per_image * counted if per_image and not args.eval_once else None
     peaks = sampler.peaks
     return PhaseResult(
         "evaluation", size, counted, seconds, fixed, 1 / per_image if per_image else None,
@@ -508,10 +521,7 @@ def run(args: argparse.Namespace) -> list[PhaseResult]:
         with LocalRay(args.cpus, args.object_store_mib) as local:
             # One unrecorded epoch of the smallest set first: the driver's imports and Ray Data's
             # workers are then in place, so each phase's growth is the data's, not start-up's.
-            warm_up = argparse.Namespace(
-                **{**vars(args), "epochs": 1, "min_images": 0, "materialize": False}
-            )
-            ingest(sets[min(sets)], min(sets), warm_up, local.gcs_address)
+            warm_up(sets[min(sets)], args)
             # Phase by phase, each over every size: an ingest measured right after an evaluation
             # in this process saw the driver's USS jump by up to 220 MiB (evaluation's torch
             # and model pages), which no ingest of its own caused.
@@ -604,6 +614,9 @@ def main() -> None:
     parser.add_argument("--eval-split", choices=("val", "train"), default="val")
     parser.add_argument("--eval-batch-size", type=int, default=1, help="images per actor call")
     parser.add_argument(
+        "--eval-once", action="store_true", help="one evaluation run, no fixed-cost estimate"
+    )
+    parser.add_argument(
         "--eval-model", choices=("apcnet", "linear"), default="apcnet",
         help="apcnet: resnet18 APCNet; linear: a 1x1 convolution (the data path's own cost)",
     )  # fmt: skip
@@ -619,6 +632,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.pixels, args.eval_images, args.train_steps = [500, 4000], 128, 8, 5
+        args.min_images = min(args.min_images, 4000)
         args.object_store_mib = min(args.object_store_mib, 80)
     largest = max(args.sizes) * args.pixels**2 * DECODED_BYTES_PER_PIXEL / MIB
     print(

@@ -36,7 +36,7 @@ def run_scale_benchmark(folder, *extra: str) -> dict[str, dict]:
         sys.executable, str(REPO_ROOT / "benchmarks" / "scale.py"),
         "--sizes", str(TRAIN_IMAGES), "--pixels", str(PIXELS), "--epochs", "1", "--min-images", "0",
         "--phases", "ingest", "evaluation", "--eval-split", "train", "--eval-images", "0",
-        "--eval-model", "linear", "--eval-batch-size", "16",
+        "--eval-model", "linear", "--eval-batch-size", "32", "--eval-once",
         "--object-store-mib", str(OBJECT_STORE_MIB), "--cpus", "2",
         "--output", str(output), *extra,
     ]  # fmt: skip
