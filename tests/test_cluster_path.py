@@ -32,6 +32,7 @@ from pipeline.evaluate.counts import evaluate_locally
 from pipeline.evaluate.evaluation import read_split_samples
 from pipeline.evaluate.inference_model import load_project_checkpoint
 from pipeline.evaluate.testtime import TestTimeOptions
+from pipeline.tracking.node_metrics import node_name
 from pipeline.train.hooks import HOOKS_ENV
 from pipeline.train.run_folder import latest_checkpoint
 
@@ -55,6 +56,8 @@ TINY_RUN = (
     "scaling.resources_per_worker={CPU: 1, apcnet_worker_node: 1}",
     "scaling.process_group_timeout_s=30",
     "tracking.experiment_name=cluster-path",
+    # Every worker node, the one lost mid-run included, logs its utilisation at least once.
+    "tracking.node_metrics_interval_s=2",
 )
 
 
@@ -151,14 +154,15 @@ def job_logs(cluster: LocalCluster, job_id: str) -> str:
 
 
 def state_api(cluster: LocalCluster, what: str) -> list[dict]:
-    """Ray's State API (not the project's own records): nodes, or training-worker actors."""
+    """Ray's State API (not the project's own records): nodes, or the actors of a class
+    (training workers: "RayTrainWorker"; node utilisation reporters: "NodeReporter")."""
     script = (
         "import json, sys\n"
         "from ray.util import state\n"
         "if sys.argv[1] == 'nodes':\n"
         "    rows = state.list_nodes(limit=1000, detail=True)\n"
         "else:\n"
-        "    rows = state.list_actors(filters=[('class_name', '=', 'RayTrainWorker')],\n"
+        "    rows = state.list_actors(filters=[('class_name', '=', sys.argv[1])],\n"
         "                             limit=1000, detail=True)\n"
         "print(json.dumps([{'id': r.node_id, 'state': r.state} for r in rows]))\n"
     )
@@ -172,7 +176,7 @@ def alive_nodes(cluster: LocalCluster) -> set[str]:
 
 
 def worker_nodes(cluster: LocalCluster) -> set[str]:
-    return {row["id"] for row in state_api(cluster, "workers")}
+    return {row["id"] for row in state_api(cluster, "RayTrainWorker")}
 
 
 def mlflow_run(cluster: LocalCluster, name: str):
@@ -471,6 +475,18 @@ def test_every_epoch_reaches_mlflow_exactly_once_with_artifacts_in_the_bucket(
     assert "apcnet.worker_nodes" in run.data.tags
     artifacts = bucket_keys(local_cluster, "mlflow/")
     assert any(key.endswith(f"{run.info.run_id}/artifacts/config.yaml") for key in artifacts)
+
+
+def test_each_worker_node_logs_its_utilisation_under_its_own_name(local_cluster, node_loss_run):
+    # The lost node, the one that stayed and the replacement: each sampled by a reporter
+    # that ran on it (Ray's State API) and named its metrics after it.
+    _, run = mlflow_run(local_cluster, "lost-node")
+    named = {key.split("/")[1] for key in run.data.metrics if key.startswith("system/")}
+    trained_on = node_loss_run["workers_after"]
+    assert len(trained_on) == 3
+    assert named == {node_name(node) for node in trained_on}
+    reporters_ran_on = {row["id"] for row in state_api(local_cluster, "NodeReporter")}
+    assert {node_name(node) for node in reporters_ran_on} == named
 
 
 def test_checkpoints_and_run_records_are_in_the_bucket_and_nothing_on_local_disk(

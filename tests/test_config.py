@@ -205,3 +205,10 @@ def test_the_embedded_default_config_loads():
     assert config.data.path is None
     assert config.model.backbone == "resnet18"
     assert config.scaling.num_workers == 2
+
+
+def test_node_metrics_are_on_every_ten_seconds_unless_set_and_the_interval_must_be_positive():
+    tracking = load_config(None, []).tracking
+    assert tracking.node_metrics and tracking.node_metrics_interval_s == 10.0
+    with pytest.raises(ConfigError, match=r"tracking\.node_metrics_interval_s must be positive"):
+        load_config(None, ["tracking.node_metrics_interval_s=0"])

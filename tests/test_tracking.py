@@ -19,6 +19,12 @@ from helpers.runs import metric_steps
 from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
 
+from pipeline.tracking.node_metrics import (
+    NodeMetricsReporter,
+    NodeMetricsTarget,
+    NodeSampler,
+    metric_prefix,
+)
 from pipeline.tracking.retry import (
     DEFAULT_POLICY,
     HTTP_SETTINGS,
@@ -452,3 +458,44 @@ def test_a_tracking_server_that_is_still_starting_is_waited_out(tmp_path):
         assert [experiment.name for experiment in experiments] == ["Default"]
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------------------
+# One node's utilisation
+
+
+def test_a_node_sample_has_mlflow_system_metric_names():
+    sample = NodeSampler().sample()
+    assert {
+        "cpu_utilization_percentage",
+        "system_memory_usage_megabytes",
+        "system_memory_usage_percentage",
+        "disk_usage_percentage",
+        "network_receive_megabytes",
+    } <= sample.keys()
+    assert 0 <= sample["system_memory_usage_percentage"] <= 100
+    assert metric_prefix("3f2a9c1bdeadbeef") == "system/node-3f2a9c1b/"
+
+
+def test_a_node_reporter_logs_samples_on_the_run_clock_under_its_node(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = RunTracker.open("sampled", tracking_uri=uri, experiment="tests")
+    target = NodeMetricsTarget(tracker.run_id, uri, 0.5, tracker.started_unix_s)
+    reporter = NodeMetricsReporter(target, "abcdef0123456789")
+    time.sleep(1.6)
+    reporter.stop()
+    steps = metric_steps(uri, tracker.run_id, "system/node-abcdef01/cpu_utilization_percentage")
+    assert len(steps) >= 3 and steps == sorted(steps)
+    assert reporter.failed_logs == 0 and not reporter.pending
+
+
+def test_a_node_reporter_keeps_sampling_while_its_store_fails(tmp_path):
+    # A SQLite store in a folder that does not exist: every log fails.
+    uri = f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}"
+    reporter = NodeMetricsReporter(NodeMetricsTarget("0" * 32, uri, 0.2, time.time()), "ab" * 8)
+    deadline = time.monotonic() + 30
+    while reporter.failed_logs < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    reporter.stop()
+    assert reporter.failed_logs >= 2 and len(reporter.pending) >= 2
+    assert reporter.logged_samples == 0

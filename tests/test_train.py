@@ -24,6 +24,8 @@ from pipeline.evaluate.evaluation import (
 )
 from pipeline.evaluate.inference_model import load_project_checkpoint
 from pipeline.evaluate.testtime import TestTimeOptions
+from pipeline.tracking.node_metrics import metric_prefix, node_name
+from pipeline.tracking.tags import WORKER_NODES_TAG
 from pipeline.train.driver import train_or_resume
 from pipeline.train.run_folder import (
     CONFIG_FILE,
@@ -185,6 +187,17 @@ def test_a_finished_run_named_again_is_reported_complete(finished_run):
     again = train_or_resume(finished_run.config, "tiny")
     assert again.status == "already_complete"
     assert again.best_val_miou == pytest.approx(finished_run.outcome.best_val_miou)
+
+
+def test_the_node_running_the_workers_logs_its_utilisation_under_its_own_name(finished_run):
+    config = finished_run.config
+    run = mlflow.MlflowClient(config.tracking.tracking_uri).get_run(mlflow_run_id(config, "tiny"))
+    nodes = {entry.split(":")[1] for entry in run.data.tags[WORKER_NODES_TAG].split(",")}
+    system = {key for key in run.data.metrics if key.startswith("system/")}
+    assert {key.split("/")[1] for key in system} == {node_name(node) for node in nodes}
+    for node in nodes:
+        for metric in ("cpu_utilization_percentage", "system_memory_usage_megabytes"):
+            assert metric_prefix(node) + metric in system
 
 
 def test_an_existing_run_named_with_another_config_is_refused(tmp_path):

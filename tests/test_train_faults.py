@@ -55,8 +55,8 @@ def test_killed_workers_are_replaced_and_every_epoch_reaches_mlflow_exactly_once
 
 @pytest.mark.integration
 def test_a_nan_loss_stops_training_with_a_clear_error_and_no_restart(ray_session, tmp_path):
-    # Iteration 3 is the first step of epoch 2.
-    config = tiny_config(tmp_path)
+    # Iteration 3 is the first step of epoch 2. Node metrics off: none are logged.
+    config = tiny_config(tmp_path, "tracking.node_metrics=false")
     started = time.perf_counter()
     with pytest.raises(NonFiniteLossError, match=r"epoch 2 at global iteration 3"):
         train_or_resume(config, "nan-loss", hooks=[NanLossAt(iteration=3)])
@@ -65,6 +65,8 @@ def test_a_nan_loss_stops_training_with_a_clear_error_and_no_restart(ray_session
     uri, logged = config.tracking.tracking_uri, mlflow_run_id(config, "nan-loss")
     assert metric_steps(uri, logged, "train_loss") == [1]
     assert metric_steps(uri, logged, "nonfinite_loss") == [2]
+    metrics = MlflowClient(uri).get_run(logged).data.metrics
+    assert not [key for key in metrics if key.startswith("system/")]
     assert time.perf_counter() - started < 600
 
 

@@ -210,6 +210,12 @@ class TrackingSection:
     # Register the finished run's best checkpoint as a new version of this MLflow model
     # (`jobs/train.py --register NAME` does the same); needs `enabled`.
     register_model: str | None = None
+    # Every node running training workers logs its CPU, memory, disk, network and GPU use into
+    # the run, every `node_metrics_interval_s` seconds, as system/node-<id>/<metric>
+    # (`pipeline.tracking.node_metrics`; MLflow's system-metrics environment variables do not
+    # apply to it). Needs `enabled`.
+    node_metrics: bool = True
+    node_metrics_interval_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -336,6 +342,11 @@ def validate_config(config: ExperimentConfig, *, check_paths: bool = True) -> No
         )
     if scaling.resize_check_s <= 0:
         raise ConfigError(f"scaling.resize_check_s must be positive, got {scaling.resize_check_s}")
+    if config.tracking.node_metrics_interval_s <= 0:
+        raise ConfigError(
+            "tracking.node_metrics_interval_s must be positive, got "
+            f"{config.tracking.node_metrics_interval_s}"
+        )
     if config.tracking.register_model and not config.tracking.enabled:
         raise ConfigError(
             f"tracking.register_model={config.tracking.register_model} needs MLflow tracking, "

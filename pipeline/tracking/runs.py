@@ -197,6 +197,7 @@ class RunTracker:
         self._retry = retry
         self._run_id = run.info.run_id
         self._experiment_id = run.info.experiment_id
+        self._started_unix_s = run.info.start_time / 1000
         self._resumed = resumed
         self._params: dict[str, str] = dict(run.data.params)
         self._metric_keys_at_open = set(run.data.metrics)
@@ -270,6 +271,11 @@ class RunTracker:
     @property
     def experiment_id(self) -> str:
         return self._experiment_id
+
+    @property
+    def started_unix_s(self) -> float:
+        """When the run was first created (Unix seconds); a resumed run keeps it."""
+        return self._started_unix_s
 
     @property
     def resumed(self) -> bool:

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -36,6 +36,7 @@ from pipeline.data.majority_baseline import class_pixel_counts, majority_class_m
 from pipeline.data.shards import Manifest, manifest_digest
 from pipeline.data.training_data import TrainingData, load_training_data
 from pipeline.errors import UserError
+from pipeline.tracking.node_metrics import NodeMetricsTarget
 from pipeline.tracking.tags import DATA_MANIFEST_TAG, MANIFEST_HASH_TAG, RUN_OUTCOME_TAG
 from pipeline.train import startup
 from pipeline.train.cluster_watch import ClusterWatch, StopReason
@@ -196,6 +197,10 @@ def fit(request: RunRequest, reporting: RunReporting) -> TrainOutcome:
         # First: a Tune scheduler that stops the trial on this epoch finds it in MLflow.
         uri = _tracking_target(config)[0]
         callbacks.insert(0, EpochsToMlflow(tracker.run_id, uri, config.tracking.outage_wait_s))
+        if config.tracking.node_metrics:
+            interval = config.tracking.node_metrics_interval_s
+            target = NodeMetricsTarget(tracker.run_id, uri, interval, tracker.started_unix_s)
+            settings = replace(settings, node_metrics=target)
     # Imported here: they bring torch, which a job needs only once training starts.
     from ray.train.torch import TorchConfig, TorchTrainer
 

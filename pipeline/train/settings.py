@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.config.batching import BatchPlan, batch_plan
 from pipeline.config.schema import ExperimentConfig, config_to_dict
 from pipeline.console.progress import ConsoleMode
+from pipeline.tracking.node_metrics import NodeMetricsTarget
 from pipeline.train.hooks import TrainingHooks
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class LoopSettings:
     # Ask Ray Train after every step whether a node of the group is being preempted, and save
     # a checkpoint at once when one is (`pipeline.train.worker.checkpoint_on_notice`).
     checkpoint_on_notice: bool = True
+    # Where each node's utilisation goes (`pipeline.train.node_reporter`); None: not logged.
+    node_metrics: NodeMetricsTarget | None = None
 
     def batch_plan(self, workers: int) -> BatchPlan:
         """How `workers` live workers split the global batch (`pipeline.config.batching`)."""

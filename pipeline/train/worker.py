@@ -54,6 +54,7 @@ from pipeline.train.epoch_logging import (
 from pipeline.train.epoch_meter import EpochMeter, EpochResult
 from pipeline.train.group_ledger import GroupRecord, lost_iterations
 from pipeline.train.hooks import LoopPosition
+from pipeline.train.node_reporter import start_node_reporter, stop_node_reporter
 from pipeline.train.run_folder import SCORE_METRIC
 from pipeline.train.settings import COMPLETED_STATUS, NONFINITE_STATUS, LoopSettings
 from pipeline.train.state import (
@@ -85,8 +86,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     settings: LoopSettings = loop_config["settings"]
     quiet_training_worker()
     worker = Worker.current(settings, loop_config.get("ledger"))
-    plan = settings.batch_plan(worker.world_size)
     placement = worker.node_of_each_rank()
+    reporter = start_node_reporter(settings.node_metrics, placement, worker.rank)
+    try:
+        return train_epochs(settings, worker, placement, marks)
+    finally:
+        stop_node_reporter(reporter)
+
+
+def train_epochs(
+    settings: LoopSettings, worker: Worker, placement: list[str], marks: dict[str, Any]
+) -> dict[str, Any]:
+    """The run's remaining epochs on this worker (`placement`: each rank's node); returns what
+    `train_loop_per_worker` does."""
+    plan = settings.batch_plan(worker.world_size)
     worker.print(placement_line(placement))
     state = build_training_state(
         settings.config,
