@@ -127,6 +127,7 @@ class NodeMetricsReporter:
         self.pending: deque[tuple[int, int, dict[str, float]]] = deque(maxlen=MAX_PENDING_SAMPLES)
         self.logged_samples = 0
         self.failed_logs = 0
+        self._client: Any = None  # made at the first log, in the reporter's thread
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="node-metrics", daemon=True)
         self._thread.start()
@@ -159,7 +160,8 @@ class NodeMetricsReporter:
         from pipeline.tracking.retry import RetryPolicy, call_with_retry, tracking_client
         from pipeline.tracking.runs import MAX_METRICS_PER_BATCH
 
-        client = tracking_client(self.target.tracking_uri)
+        self._client = self._client or tracking_client(self.target.tracking_uri)
+        client = self._client
         while self.pending:
             batch = []
             for step, timestamp, values in self.pending:
