@@ -33,6 +33,14 @@ from pipeline.evaluate.evaluation import read_split_samples
 from pipeline.evaluate.inference_model import load_project_checkpoint
 from pipeline.evaluate.testtime import TestTimeOptions
 from pipeline.tracking.node_metrics import node_name
+from pipeline.tracking.tags import (
+    BEST_TRIAL_TAG,
+    EPOCHS_RUN_TAG,
+    PARENT_RUN_TAG,
+    RUN_NAME_TAG,
+    TRIAL_ID_TAG,
+    WORKER_NODES_TAG,
+)
 from pipeline.train.hooks import HOOKS_ENV
 from pipeline.train.run_folder import latest_checkpoint
 
@@ -97,7 +105,10 @@ def submit_training(
     *overrides: str,
     wait: bool = False,
     env: dict[str, str] | None = None,
+    job: str = "jobs/train.py",
 ) -> subprocess.CompletedProcess:
+    """`ray job submit` of `job` (the training job, or the search) on the tiny run, with every
+    path in the bucket."""
     bucket = cluster.bucket
     settings = [
         f"data.path=s3://{bucket}/shards/synthetic",
@@ -118,7 +129,7 @@ def submit_training(
         *([] if wait else ["--no-wait"]),
         "--",
         "python",
-        "jobs/train.py",
+        job,
         "--name",
         name,
         *[part for setting in settings for part in ("--set", setting)],
@@ -153,20 +164,22 @@ def job_logs(cluster: LocalCluster, job_id: str) -> str:
     return cluster.run(["ray", "job", "logs", job_id], timeout=60).stdout
 
 
-def state_api(cluster: LocalCluster, what: str) -> list[dict]:
-    """Ray's State API (not the project's own records): nodes, or the actors of a class
-    (training workers: "RayTrainWorker"; node utilisation reporters: "NodeReporter")."""
+def state_api(cluster: LocalCluster, what: str, resource: str = "") -> list[dict]:
+    """Ray's State API (not the project's own records): nodes (those offering `resource`, if
+    given), or the actors of a class (training workers: "RayTrainWorker"; node utilisation
+    reporters: "NodeReporter"; a search's trial drivers: "ImplicitFunc")."""
     script = (
         "import json, sys\n"
         "from ray.util import state\n"
         "if sys.argv[1] == 'nodes':\n"
         "    rows = state.list_nodes(limit=1000, detail=True)\n"
+        "    rows = [r for r in rows if sys.argv[2] in (r.resources_total or {}) or not sys.argv[2]]\n"
         "else:\n"
         "    rows = state.list_actors(filters=[('class_name', '=', sys.argv[1])],\n"
         "                             limit=1000, detail=True)\n"
         "print(json.dumps([{'id': r.node_id, 'state': r.state} for r in rows]))\n"
     )
-    result = cluster.run([sys.executable, "-c", script, what], timeout=120)
+    result = cluster.run([sys.executable, "-c", script, what, resource], timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -353,6 +366,104 @@ def elastic_run(local_cluster: LocalCluster, shards, tmp_path_factory) -> dict:
     logs = job_logs(local_cluster, "elastic")
     (tmp_path_factory.getbasetemp() / "elastic.log").write_text(logs)
     return {"status": status, "logs": logs, "preemption": preemption.stdout}
+
+
+# A grid of two learning rates, both trials at once: each trial trains one worker that takes a
+# whole worker node, and its driver (the Tune function) runs on the head, as Ray Train's own
+# controller does. ASHA's one rung is epoch 3 of 6: the trial that loses its node (at epoch 1
+# or 2) is still running then.
+SEARCH = "nodes-search"
+SEARCH_SETTINGS = (
+    "scaling.num_workers=1",
+    "optimization.epochs=6",
+    "checkpointing.num_to_keep=10",
+    "tune.search=grid",
+    "tune.num_samples=1",
+    "tune.max_concurrent_trials=2",
+    "tune.trial_driver_resources={CPU: 0, apcnet_head_node: 0.01}",
+    "tune.asha.grace_period=3",
+    "tune.asha.reduction_factor=2",
+    "tune.space.pool_scales=[[1, 2]]",
+    "tune.space.gla=[]",
+    "tune.space.learning_rate=[2.0e-2, 5.0e-3]",
+)
+
+
+def search_trials(cluster: LocalCluster, search: str) -> list:
+    """The MLflow child runs of the search's parent run on the replica's server."""
+    client = mlflow.MlflowClient(tracking_uri=cluster.mlflow_url)
+    experiment = client.get_experiment_by_name("cluster-path")
+    if experiment is None:
+        return []
+    parents = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{search}'"
+    )
+    if not parents:
+        return []
+    return client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parents[0].info.run_id}'",
+    )
+
+
+def trained_on(run) -> str:
+    """The node the trial's (one) worker last trained on, from the tag of its first epoch."""
+    return run.data.tags[WORKER_NODES_TAG].split(",")[0].split(":")[1]
+
+
+@pytest.fixture(scope="module")
+def search_run(local_cluster: LocalCluster, shards, tmp_path_factory) -> dict:
+    """The search, submitted as a user would, with Tune's state and every checkpoint in the
+    bucket. Once both trials trained an epoch, the worker node of one of them is lost and a node
+    joins: that trial's training restarts on the new node from its checkpoint in the bucket."""
+    home = tmp_path_factory.mktemp("search-home")
+    submitted = submit_training(
+        local_cluster,
+        SEARCH,
+        home,
+        *SEARCH_SETTINGS,
+        f"tune.storage_path=s3://{local_cluster.bucket}/tune",
+        job="jobs/tune.py",
+    )
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    deadline = time.monotonic() + 400
+    while True:
+        trials = [
+            run for run in search_trials(local_cluster, SEARCH) if WORKER_NODES_TAG in run.data.tags
+        ]
+        if len(trials) == 2:
+            break
+        assert time.monotonic() < deadline, f"two trials never trained an epoch: {trials}"
+        time.sleep(1)
+    placement = {run.data.tags[TRIAL_ID_TAG]: trained_on(run) for run in trials}
+    # The trial that has trained least: it is far from ASHA's rung and from its end.
+    interrupted = min(
+        trials,
+        key=lambda run: max(metric_steps(local_cluster.mlflow_url, run.info.run_id, "train_loss")),
+    )
+    run_name = interrupted.data.tags[RUN_NAME_TAG]
+    checkpoint = wait_for_registered_checkpoint(local_cluster, run_name)
+    lost_node = trained_on(interrupted)
+    killed_at = time.time()
+    killed = local_cluster.tool("kill-node", str(labelled_worker_node(local_cluster, lost_node)))
+    assert killed.returncode == 0, killed.stderr
+    nodes_before = alive_nodes(local_cluster)
+    added = local_cluster.tool("add-node")
+    assert added.returncode == 0, added.stderr
+    status = wait_for_job(local_cluster, SEARCH)
+    logs = job_logs(local_cluster, SEARCH)
+    (tmp_path_factory.getbasetemp() / f"{SEARCH}.log").write_text(logs)
+    return {
+        "status": status,
+        "logs": logs,
+        "placement": placement,
+        "interrupted": interrupted.data.tags[TRIAL_ID_TAG],
+        "run_name": run_name,
+        "checkpoint_at_loss": checkpoint,
+        "lost_node": lost_node,
+        "killed_at": killed_at,
+        "replacement": alive_nodes(local_cluster) - nodes_before,
+    }
 
 
 # ------------------------------------------------------------------------------ the replica
@@ -633,6 +744,72 @@ def test_an_elastic_run_logs_every_epoch_once_with_its_size_and_the_same_global_
     assert [value for _, value in history("augmentation_epoch_drift")] == [0.0] * ELASTIC_EPOCHS
 
 
+def test_a_search_runs_a_trial_per_worker_node_and_survives_losing_one(local_cluster, search_run):
+    assert search_run["status"] == "SUCCEEDED", search_run["logs"][-4000:]
+    placement = search_run["placement"]
+    assert len(set(placement.values())) == 2, placement  # one trial per worker node
+    # The trial drivers ran on the head (Ray's State API: the Tune function's actors).
+    heads = {row["id"] for row in state_api(local_cluster, "nodes", "apcnet_head_node")}
+    drivers = state_api(local_cluster, "ImplicitFunc")
+    assert drivers and {row["id"] for row in drivers} == heads, (drivers, heads)
+    # The interrupted trial said so on the search's console and trained on the new node.
+    trial = search_run["interrupted"]
+    lost = search_run["lost_node"][:8]
+    assert f"trial {trial}: node {lost} lost at" in search_run["logs"], search_run["logs"][-4000:]
+    (resumed,) = [
+        run for run in search_trials(local_cluster, SEARCH) if run.data.tags[TRIAL_ID_TAG] == trial
+    ]
+    assert {trained_on(resumed)} == search_run["replacement"]
+
+
+def test_the_interrupted_trial_resumed_from_its_checkpoint_in_the_bucket(local_cluster, search_run):
+    # Resumed, not restarted: the checkpoints up to the one registered when the node was lost
+    # were written before the loss, and never again.
+    saved_epoch = int(search_run["checkpoint_at_loss"].split("/epoch_")[1][:4])
+    folder = f"runs/{search_run['run_name']}/"
+    listed = s3_client(local_cluster).list_objects_v2(Bucket=local_cluster.bucket, Prefix=folder)
+    written = {
+        int(item["Key"].split("/epoch_")[1][:4]): item["LastModified"].timestamp()
+        for item in listed.get("Contents", [])
+        if item["Key"].endswith("/checkpoint.pt")
+    }
+    assert set(range(1, saved_epoch + 1)) <= set(written), written
+    assert all(written[epoch] < search_run["killed_at"] for epoch in range(1, saved_epoch + 1))
+    assert max(written) > saved_epoch, written  # and it trained on after the loss
+    # Tune's own state is in the bucket too.
+    assert any(
+        key.startswith(f"tune/{SEARCH}/experiment_state")
+        for key in bucket_keys(local_cluster, f"tune/{SEARCH}/")
+    )
+
+
+def test_each_trial_logs_its_epochs_once_under_the_search_and_compare_lists_them(
+    local_cluster, search_run
+):
+    assert search_run["status"] == "SUCCEEDED"
+    client = mlflow.MlflowClient(tracking_uri=local_cluster.mlflow_url)
+    trials = search_trials(local_cluster, SEARCH)
+    assert len(trials) == 2
+    best_of = {}
+    for run in trials:
+        epochs = int(run.data.tags[EPOCHS_RUN_TAG])
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1)), run.info.run_name
+        scores = client.get_metric_history(run.info.run_id, "val_miou")
+        best_of[run.data.tags[TRIAL_ID_TAG]] = max(m.value for m in scores)
+    # The search's choice rule: the best val_miou over the epochs each trial ran.
+    _, parent = mlflow_run(local_cluster, SEARCH)
+    assert parent.data.tags[BEST_TRIAL_TAG] == max(best_of, key=best_of.get)
+    compared = local_cluster.run(
+        [sys.executable, "jobs/compare.py", "--parent", SEARCH, "--experiment", "cluster-path"]
+    )
+    assert compared.returncode == 0, compared.stdout + compared.stderr[-3000:]
+    for run in trials:
+        assert (
+            run.info.run_name in compared.stdout or run.data.tags[RUN_NAME_TAG] in compared.stdout
+        )
+
+
 def test_a_tracking_outage_loses_no_epoch_and_without_a_replacement_node_the_job_fails_in_time(
     local_cluster, node_loss_run, tmp_path
 ):
@@ -667,6 +844,13 @@ def test_a_tracking_outage_loses_no_epoch_and_without_a_replacement_node_the_job
         outage_ended_ms,
         stamps,
     )
+    # Each node's reporter sampled through the outage: its samples waited and reached the
+    # server once it came back.
+    cpu_keys = [key for key in run.data.metrics if key.endswith("/cpu_utilization_percentage")]
+    sampled = [
+        m.timestamp for key in cpu_keys for m in client.get_metric_history(run.info.run_id, key)
+    ]
+    assert cpu_keys and any(outage_began_ms < t < outage_ended_ms for t in sampled), cpu_keys
 
     # Then the last worker node goes, and none replaces it.
     parts = json.loads((local_cluster.directory / "state.json").read_text())["parts"]

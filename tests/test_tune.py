@@ -215,7 +215,7 @@ def test_a_num_samples_override_below_one_is_refused_before_ray_or_mlflow_start(
     def ray_must_not_start(**_: object) -> None:
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr("pipeline.tune.search.start_local_instance", ray_must_not_start)
+    monkeypatch.setattr("pipeline.tune.search.connect", ray_must_not_start)
     config = tiny_search_config(tmp_path, [0.01])
     with pytest.raises(ConfigError, match=r"tune\.num_samples must be at least 1, got 0"):
         run_search(config, "no-samples", num_samples=0)

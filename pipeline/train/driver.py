@@ -87,12 +87,15 @@ class RunReporting:
     """How a run shows itself. `console`: rank 0's progress (`default_console_mode()` for a
     job; "off" in a Tune trial, which prints its own lines). `on_start` receives the run's
     header before its workers start. `callbacks` run in Ray Train's controller (a Tune
-    trial's report callback). `mlflow_parent_run_id` nests the MLflow run (a search's)."""
+    trial's report callback). `mlflow_parent_run_id` nests the MLflow run (a search's).
+    `cluster_events` receives the driver's lines about the cluster (a node lost, waiting for
+    nodes) when `console` is "off": a search prints them with the trial's name."""
 
     console: ConsoleMode
     on_start: Callable[[RunStart], None] | None = None
     callbacks: tuple[UserCallback, ...] = ()
     mlflow_parent_run_id: str | None = None
+    cluster_events: Callable[[str], None] | None = None
 
 
 def default_console_mode() -> ConsoleMode:
@@ -240,7 +243,7 @@ def fit(request: RunRequest, reporting: RunReporting) -> TrainOutcome:
         # A restarted group's training data start at its checkpoint's epoch (the ledger's).
         dataset_config=data_config(ingest=config.data.ingest, resume_epochs=ledger),
     )
-    console = print if reporting.console != "off" else None
+    console = print if reporting.console != "off" else reporting.cluster_events
     watch = ClusterWatch(ledger, config.scaling, settings.iterations_per_epoch, console)
     try:
         with watch:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ray
 from ray import tune
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
@@ -34,10 +33,10 @@ from pipeline.config.search import LogUniform, TuneSection, validate_tune_sectio
 from pipeline.config.typed import ConfigError
 from pipeline.console.logs import quiet_this_process, verbose
 from pipeline.data.training_data import TrainingData, load_training_data
-from pipeline.storage import apcnet_home
+from pipeline.storage import apcnet_home, join, resolve
 from pipeline.tracking.runs import RunTracker, resolve_tracking
 from pipeline.tracking.tags import KIND_SEARCH, KIND_TAG, KIND_TRIAL, TRIAL_ID_TAG
-from pipeline.train.connection import start_local_instance
+from pipeline.train.connection import connect
 from pipeline.tune.space import apply_trial_parameters, searched_values
 from pipeline.tune.trials import (
     UNFINISHED,
@@ -55,7 +54,6 @@ from pipeline.tune.trials import (
 
 # Tune's own time axis: one reported result per training epoch.
 TIME_ATTRIBUTE = "training_iteration"
-# Read by Ray's State API client in every Ray process (ray.util.state).
 
 
 @dataclass(frozen=True)
@@ -197,7 +195,7 @@ def run_search(
     fault injection this way). Tune stores callbacks with the experiment's state: a resumed
     search keeps the ones it started with and ignores these.
 
-    Needs Ray (`ray.init()` is called when no instance is running). Prints a line per trial
+    Needs Ray: joins the job's cluster (`ray job submit`, RAY_ADDRESS) or starts a local one. Prints a line per trial
     event (Tune's own status tables with --verbose, `pipeline.console.logs`); the trials
     table is in the outcome and on the parent MLflow run.
     """
@@ -218,8 +216,9 @@ def run_search(
             config.tracking, tracking_uri=tracking_uri, experiment_name=experiment
         ),
     )
-    storage_path = Path(tune_section.storage_path or apcnet_home() / "tune").expanduser()
-    experiment_path = storage_path / name
+    # A local folder or an object store (s3://...), which Tune reads and writes itself.
+    storage_path = resolve(tune_section.storage_path or apcnet_home() / "tune").uri
+    experiment_path = join(storage_path, name)
 
     parent = RunTracker.open(
         name,
@@ -233,11 +232,10 @@ def run_search(
     context = TrialContext(name, target, parent.run_id, load_training_data(config.data))
     trainable = _trainable(config, context, tune_section)
 
-    if not ray.is_initialized():
-        start_local_instance()
-    resumed = tune.Tuner.can_restore(str(experiment_path))
+    connect()  # the job's cluster under `ray job submit` or RAY_ADDRESS, else a local instance
+    resumed = tune.Tuner.can_restore(experiment_path)
     if resumed:
-        tuner = tune.Tuner.restore(str(experiment_path), trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=True)
     else:
         search_algorithm = build_search_algorithm(tune_section)
         tuner = tune.Tuner(
@@ -259,7 +257,7 @@ def run_search(
             ),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=str(storage_path),
+                storage_path=storage_path,
                 callbacks=[
                     TrialStatusCallback(name, target, parent.run_id, planned_epochs),
                     *extra_callbacks,
@@ -290,7 +288,7 @@ def run_search(
     parent.set_terminated("KILLED" if interrupted else "FINISHED")
     return SearchOutcome(
         name=name,
-        experiment_path=str(experiment_path),
+        experiment_path=experiment_path,
         parent_run_id=parent.run_id,
         trials=rows,
         best=best,
@@ -329,6 +327,7 @@ def run_trial(
             console="off",  # the search prints the trial's events instead
             callbacks=(TuneReportCallback(),),
             mlflow_parent_run_id=context.parent_run_id,
+            cluster_events=lambda line: print(f"trial {trial_id}: {line}", flush=True),
         ),
     )
 
