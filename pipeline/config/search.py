@@ -67,9 +67,11 @@ class TuneSection:
     max_concurrent_trials: 1 fits a 2-core machine; on a cluster raise it as far as the
         resources of one trial (driver + `scaling` workers) allow.
     trial_driver_resources: reserved for the Tune function that drives a trial's
-        TorchTrainer; its workers reserve `scaling.resources_per_worker` each.
-    storage_path: Tune's experiment folders `<storage_path>/<search name>/`; None means
-        `<home>/tune`.
+        TorchTrainer; its workers reserve `scaling.resources_per_worker` each. On a cluster
+        `{CPU: 0, apcnet_head_node: 0.01}` keeps the drivers on the head, where a lost worker
+        node cannot take them.
+    storage_path: Tune's experiment folders `<storage_path>/<search name>/`, a local folder or
+        s3:// / gs://; None means `<home>/tune`.
     """
 
     search: Literal["grid", "random", "optuna"] = "random"

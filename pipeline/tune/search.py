@@ -195,9 +195,9 @@ def run_search(
     fault injection this way). Tune stores callbacks with the experiment's state: a resumed
     search keeps the ones it started with and ignores these.
 
-    Needs Ray: joins the job's cluster (`ray job submit`, RAY_ADDRESS) or starts a local one. Prints a line per trial
-    event (Tune's own status tables with --verbose, `pipeline.console.logs`); the trials
-    table is in the outcome and on the parent MLflow run.
+    Needs Ray: joins the job's cluster (`ray job submit`, RAY_ADDRESS) or starts a local
+    instance. Prints a line per trial event (Tune's own status tables with --verbose,
+    `pipeline.console.logs`); the trials table is in the outcome and on the parent MLflow run.
     """
     started = time.perf_counter()
     config = with_num_samples(config, num_samples)
