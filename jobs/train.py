@@ -31,7 +31,6 @@ from jobs.cli import add_config_arguments, add_register_argument, job_parser, ru
 from pipeline.config.schema import ExperimentConfig, load_config
 from pipeline.console.header import RunStart, labelled
 from pipeline.evaluate.registry import RegistrationRequest, model_to_register, register_run
-from pipeline.tracking.runs import ui_command
 from pipeline.train.driver import TrainOutcome, train_or_resume
 from pipeline.train.run_folder import default_run_name, storage_root, stored_config
 
@@ -72,6 +71,10 @@ def print_header(start: RunStart) -> None:
     if start.tracking_uri is None:
         print(labelled("MLflow", "off (tracking.enabled: false)"))
     else:
+        # Imported only with tracking on: a run with it off never imports MLflow, so it runs
+        # where MLflow is not installed (a GPU machine with PyTorch and Ray only).
+        from pipeline.tracking.runs import ui_command
+
         print(labelled("MLflow", f"{start.tracking_uri}, experiment {start.experiment}"))
         print(labelled("", ui_command(start.tracking_uri)))
 

@@ -364,7 +364,7 @@ def _run_start(request: RunRequest, settings: LoopSettings, resumed_after: int) 
     config, data = request.config, request.data
     scales = ",".join(map(str, config.model.pool_scales)) or "none (dilated FCN)"
     splits = (config.data.train_split, config.data.val_split)
-    tracking_uri, experiment = _tracking_target(config)
+    tracking_uri, experiment = _tracking_target(config) if config.tracking.enabled else (None, None)
     return RunStart(
         run_name=settings.run_name,
         run_folder=settings.run_folder,
@@ -384,13 +384,14 @@ def _run_start(request: RunRequest, settings: LoopSettings, resumed_after: int) 
         ),
         resources_per_worker=dict(config.scaling.resources_per_worker),
         use_gpu=config.scaling.use_gpu,
-        tracking_uri=tracking_uri if config.tracking.enabled else None,
-        experiment=experiment if config.tracking.enabled else None,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
     )
 
 
 def _tracking_target(config: ExperimentConfig) -> tuple[str, str]:
-    """The resolved tracking URI and experiment of `config`."""
+    """The resolved tracking URI and experiment of `config` (tracking on: resolving imports
+    MLflow, which a run with tracking off never does)."""
     from pipeline.tracking.runs import resolve_tracking
 
     return resolve_tracking(config.tracking.tracking_uri, config.tracking.experiment_name)
