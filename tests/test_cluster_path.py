@@ -813,7 +813,7 @@ def test_each_trial_logs_its_epochs_once_under_the_search_and_compare_lists_them
 def test_a_tracking_outage_loses_no_epoch_and_without_a_replacement_node_the_job_fails_in_time(
     local_cluster, node_loss_run, tmp_path
 ):
-    # The tracking server stops after epoch 1 reached it and comes back 30 s later (longer than
+    # The tracking server stops after epoch 1 reached it and comes back 20 s later (longer than
     # a tiny epoch): the epochs logged meanwhile are retried, not lost.
     submitted = submit_training(
         local_cluster,
@@ -827,7 +827,7 @@ def test_a_tracking_outage_loses_no_epoch_and_without_a_replacement_node_the_job
     stopped = local_cluster.tool("stop-tracking")
     assert stopped.returncode == 0, stopped.stderr
     outage_began_ms = time.time() * 1000
-    time.sleep(30)
+    time.sleep(20)
     outage_ended_ms = time.time() * 1000
     started = local_cluster.tool("start-tracking")
     assert started.returncode == 0, started.stderr
