@@ -33,10 +33,10 @@ from pipeline.evaluate.evaluation import read_split_samples
 from pipeline.evaluate.inference_model import load_project_checkpoint
 from pipeline.evaluate.testtime import TestTimeOptions
 from pipeline.tracking.node_metrics import node_name
+from pipeline.tracking.runs import child_runs
 from pipeline.tracking.tags import (
     BEST_TRIAL_TAG,
     EPOCHS_RUN_TAG,
-    PARENT_RUN_TAG,
     RUN_NAME_TAG,
     TRIAL_ID_TAG,
     WORKER_NODES_TAG,
@@ -390,20 +390,13 @@ SEARCH_SETTINGS = (
 
 
 def search_trials(cluster: LocalCluster, search: str) -> list:
-    """The MLflow child runs of the search's parent run on the replica's server."""
-    client = mlflow.MlflowClient(tracking_uri=cluster.mlflow_url)
-    experiment = client.get_experiment_by_name("cluster-path")
-    if experiment is None:
+    """The MLflow child runs of the search's parent run on the replica's server (none before
+    the search opened its parent run)."""
+    try:
+        _, parent = mlflow_run(cluster, search)
+    except AssertionError:
         return []
-    parents = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{search}'"
-    )
-    if not parents:
-        return []
-    return client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parents[0].info.run_id}'",
-    )
+    return child_runs(parent.info.run_id, tracking_uri=cluster.mlflow_url)
 
 
 def trained_on(run) -> str:

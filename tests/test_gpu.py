@@ -18,9 +18,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as multiprocessing
+from helpers.metadata import numbered_classes_metadata
 from torch import nn
 
-from pipeline.config.schema import ExperimentConfig, config_to_dict, load_config
+from pipeline.config.schema import ExperimentConfig, load_config
 from pipeline.train.device import DeviceFeatures
 from pipeline.train.settings import CheckpointMetadata
 from pipeline.train.state import TrainingState, build_training_state
@@ -48,17 +49,7 @@ def small_config() -> ExperimentConfig:
 
 
 def metadata(config: ExperimentConfig) -> CheckpointMetadata:
-    augmentation = config.data.augmentation
-    return CheckpointMetadata(
-        run_name="gpu-spec",
-        class_names=tuple(f"class_{index}" for index in range(NUM_CLASSES)),
-        palette=tuple((index, index, index) for index in range(NUM_CLASSES)),
-        ignore_index=IGNORE_INDEX,
-        mean=tuple(augmentation.mean),
-        std=tuple(augmentation.std),
-        config=config_to_dict(config),
-        manifest_path="",
-    )
+    return numbered_classes_metadata(config, NUM_CLASSES, "gpu-spec")
 
 
 def uint8_batch(count: int, height: int = SIZE, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -46,6 +46,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers.metadata import numbered_classes_metadata
 from torch import nn
 
 from pipeline.config.batching import BatchPlan, batch_plan
@@ -115,17 +116,7 @@ RUNS = {
 
 
 def metadata(config: ExperimentConfig) -> CheckpointMetadata:
-    augmentation = config.data.augmentation
-    return CheckpointMetadata(
-        run_name="accumulation",
-        class_names=tuple(f"class_{index}" for index in range(NUM_CLASSES)),
-        palette=tuple((index, index, index) for index in range(NUM_CLASSES)),
-        ignore_index=255,
-        mean=tuple(augmentation.mean),
-        std=tuple(augmentation.std),
-        config={},
-        manifest_path="",
-    )
+    return numbered_classes_metadata(config, NUM_CLASSES, "accumulation")
 
 
 def fresh_state(config: ExperimentConfig, world_size: int, rank: int) -> TrainingState:
