@@ -10,6 +10,7 @@ puts tests/ on sys.path). No test module imports another.
   `job_environment`, `run_job_process`, `start_job_process`, `job_module`, `job_main`.
 - `local_cluster`: the replica of the cluster as the module-scoped fixture `local_cluster`
   (`local_cluster_fixture`, `LocalCluster`, `clean_environment`).
+- `metadata`: `numbered_classes_metadata`, a checkpoint's metadata without a data set.
 - `mlflow_server`: MLflow's servers on the loopback: `MlflowServer`, `start_mlflow`,
   `start_tracking_server`, `start_model_server`.
 - `reference_checkpoint`: reference-toolbox state dicts: `StateDict`, `randomise_batchnorms`,
