@@ -323,8 +323,9 @@ def wait_for_log(cluster: LocalCluster, job_id: str, text: str, timeout_s: float
 
 
 # Long enough that the group grows back with epochs to spare: the notice lands in epoch 3 to
-# 5, and Ray takes 20-40 s to grow the group after the join (steps of a group of one: 3 s).
-ELASTIC_EPOCHS = 14
+# 5, and Ray takes 20-40 s to grow the group after the join (steps of a group of one: 3 s);
+# it has grown back by epoch 6 or 7.
+ELASTIC_EPOCHS = 12
 
 
 @pytest.fixture(scope="module")
@@ -370,12 +371,12 @@ def elastic_run(local_cluster: LocalCluster, shards, tmp_path_factory) -> dict:
 
 # A grid of two learning rates, both trials at once: each trial trains one worker that takes a
 # whole worker node, and its driver (the Tune function) runs on the head, as Ray Train's own
-# controller does. ASHA's one rung is epoch 3 of 6: the trial that loses its node (at epoch 1
+# controller does. ASHA's one rung is epoch 3 of 5: the trial that loses its node (at epoch 1
 # or 2) is still running then.
 SEARCH = "nodes-search"
 SEARCH_SETTINGS = (
     "scaling.num_workers=1",
-    "optimization.epochs=6",
+    "optimization.epochs=5",
     "checkpointing.num_to_keep=10",
     "tune.search=grid",
     "tune.num_samples=1",
