@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.gpu import TrainVariant, train_variant
 from pipeline.config.schema import ExperimentConfig, config_to_yaml, load_config
+from pipeline.data.shards import load_manifest
 from pipeline.data.training_data import data_set_path
 from pipeline.storage import write_text_atomically
 from pipeline.train.device import device_features
@@ -151,9 +152,8 @@ def direct_step(args: argparse.Namespace, config: ExperimentConfig) -> TrainVari
     return variant
 
 
-def config_class_names(config: ExperimentConfig) -> list[str]:
-    manifest = json.loads((Path(data_set_path(config.data)) / "manifest.json").read_text())
-    return list(manifest["class_names"])
+def config_class_names(config: ExperimentConfig) -> tuple[str, ...]:
+    return load_manifest(data_set_path(config.data)).class_names
 
 
 def run_job(name: str, command: list[str], work: Path, report: GpuRayReport) -> JobResult:
